@@ -1,0 +1,151 @@
+"""The data model that every stage passes along: Corpus -> Dialogue -> Utterance.
+
+Objects are immutable; stages read them and never change them. Ids are the only join key.
+A corpus saves to and loads from JSONL (one dialogue per line), which is also the format of
+an output directory's ``manifest.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+# The seven emotions of M3ED in the release's label order (Happy 0, Neutral 1, ..., Surprise 6).
+EMOTIONS: tuple[str, ...] = ("happy", "neutral", "sad", "disgust", "anger", "fear", "surprise")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def utterance_id(dialogue_id: str, number: int) -> str:
+    """The release's utterance id: ``{dialogue_id}_{n}`` with n counting from 1."""
+    return f"{dialogue_id}_{number}"
+
+
+def utterance_number(utt_id: str, dialogue_id: str) -> int | None:
+    """Inverse of :func:`utterance_id`; None when the id does not follow the pattern."""
+    prefix = dialogue_id + "_"
+    if utt_id.startswith(prefix) and utt_id[len(prefix):].isdigit():
+        return int(utt_id[len(prefix):])
+    return None
+
+
+@dataclass(frozen=True)
+class Speaker:
+    key: str                 # "A", "B", ... within a dialogue
+    name: str = ""
+    gender: str = ""
+    age: str = ""
+    other_name: str = ""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    dialogue_id: str
+    speaker: str             # key into Dialogue.speakers
+    start: float             # seconds from the dialogue's start
+    end: float
+    text: str = ""
+    emotion: str | None = None                     # main emotion, lower-case
+    emotions: tuple[str, ...] = ()                 # all final emotions, main first
+    annotations: tuple[tuple[str, ...], ...] = ()  # each annotator's labels, in their order
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def label(self) -> int:
+        """Class index in :data:`EMOTIONS`, or -100 when the utterance has no known emotion."""
+        return EMOTIONS.index(self.emotion) if self.emotion in EMOTIONS else -100
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    id: str
+    show: str
+    utterances: tuple[Utterance, ...]
+    speakers: dict[str, Speaker] = field(default_factory=dict)
+    split: str | None = None
+    episode: int | None = None
+    start: float | None = None   # seconds in the episode (None: a pre-cut clip)
+    end: float | None = None
+    video: str | None = None     # explicit video file (pre-cut clip or episode), if known
+
+    @property
+    def duration(self) -> float:
+        if self.start is not None and self.end is not None:
+            return self.end - self.start
+        return max((u.end for u in self.utterances), default=0.0)
+
+    def speaker_name(self, key: str) -> str:
+        """Show-wide identity of a speaker key (the name when known, else the key)."""
+        speaker = self.speakers.get(key)
+        return speaker.name if speaker and speaker.name else key
+
+
+@dataclass(frozen=True)
+class Corpus:
+    dialogues: tuple[Dialogue, ...]
+
+    def __iter__(self) -> Iterator[Dialogue]:
+        return iter(self.dialogues)
+
+    def __len__(self) -> int:
+        return len(self.dialogues)
+
+    def __getitem__(self, dialogue_id: str) -> Dialogue:
+        for dialogue in self.dialogues:
+            if dialogue.id == dialogue_id:
+                return dialogue
+        raise KeyError(f"no dialogue {dialogue_id!r} in the corpus")
+
+    def utterances(self) -> Iterator[Utterance]:
+        for dialogue in self.dialogues:
+            yield from dialogue.utterances
+
+    def split(self, name: str) -> "Corpus":
+        return Corpus(tuple(d for d in self.dialogues if d.split == name))
+
+    def select(self, dialogue_ids: Iterable[str]) -> "Corpus":
+        wanted = set(dialogue_ids)
+        return Corpus(tuple(d for d in self.dialogues if d.id in wanted))
+
+    def to_jsonl(self, path: str | Path) -> None:
+        """Write one dialogue per line (atomically: temporary name, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for dialogue in self.dialogues:
+                f.write(json.dumps(dialogue_to_dict(dialogue), ensure_ascii=False) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path) -> "Corpus":
+        dialogues = []
+        with open(path, encoding="utf-8") as f:
+            for line_number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        dialogues.append(dialogue_from_dict(json.loads(line)))
+                    except (KeyError, TypeError, ValueError) as e:
+                        raise ValueError(f"{path}:{line_number}: not a dialogue record ({e})") from e
+        return cls(tuple(dialogues))
+
+
+def dialogue_to_dict(dialogue: Dialogue) -> dict:
+    record = asdict(dialogue)
+    record["speakers"] = list(record["speakers"].values())
+    return record
+
+
+def dialogue_from_dict(record: dict) -> Dialogue:
+    utterances = tuple(
+        Utterance(
+            **{**u, "emotions": tuple(u.get("emotions", ())),
+               "annotations": tuple(tuple(a) for a in u.get("annotations", ()))}
+        )
+        for u in record["utterances"]
+    )
+    speakers = {s["key"]: Speaker(**s) for s in record.get("speakers", [])}
+    return Dialogue(**{**record, "utterances": utterances, "speakers": speakers})

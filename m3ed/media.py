@@ -1,0 +1,198 @@
+"""ffmpeg: probe a file, decode a time span into audio samples or video frames, cut clips.
+
+The ffmpeg binary is the one named by ``M3ED_FFMPEG``, else a system ``ffmpeg``, else the one
+that the imageio-ffmpeg wheel ships (so a fresh machine needs no system package). Every failure
+raises :class:`MediaError` carrying the file, the command and the tail of ffmpeg's stderr.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import ffmpeg
+import numpy as np
+
+SAMPLE_RATE = 16000
+# Decoded AAC runs ~10 ms past the video, and timecodes are frame-rounded: spans may overhang
+# the end of a file by this much before we call them out of range.
+END_TOLERANCE = 0.25
+# A decode that delivers less than the requested span by more than this is a truncated file.
+SHORTFALL_TOLERANCE = 0.2
+
+
+class MediaError(RuntimeError):
+    """A media file that cannot be decoded or cut; the message names the file and what is wrong."""
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    explicit = os.environ.get("M3ED_FFMPEG")
+    if explicit:
+        return explicit
+    system = shutil.which("ffmpeg")
+    if system:
+        return system
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _run(cmd: list[str], path: Path | str, what: str, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, capture_output=True, **kwargs)
+    if result.returncode != 0:
+        raise MediaError(f"{path}: {what} failed (ffmpeg exit {result.returncode})\n"
+                         f"  command: {' '.join(map(str, cmd))}\n  stderr: {_tail(result.stderr)}")
+    return result
+
+
+def _tail(stderr: bytes, lines: int = 6) -> str:
+    return " | ".join(stderr.decode(errors="replace").strip().splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    path: Path
+    duration: float
+    has_video: bool
+    has_audio: bool
+    fps: float | None
+    width: int | None
+    height: int | None
+
+
+_DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
+_VIDEO = re.compile(r"Stream #\S+.*?: Video: .*?(\d{2,5})x(\d{2,5}).*?(?:(\d+(?:\.\d+)?) fps|(\d+(?:\.\d+)?) tbr)")
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Duration and streams of a media file (parsed from ``ffmpeg -i``; no ffprobe needed)."""
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: file not found")
+    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True)
+    text = result.stderr.decode(errors="replace")
+    match = _DURATION.search(text)
+    if not match or "Invalid data found" in text or "moov atom not found" in text:
+        raise MediaError(f"{path}: not a readable media file\n  stderr: {_tail(result.stderr)}")
+    hours, minutes, seconds = match.groups()
+    video = _VIDEO.search(text)
+    return MediaInfo(
+        path=path, duration=int(hours) * 3600 + int(minutes) * 60 + float(seconds),
+        has_video=video is not None, has_audio=bool(re.search(r"Stream #\S+.*?: Audio: ", text)),
+        fps=float(video.group(3) or video.group(4)) if video else None,
+        width=int(video.group(1)) if video else None, height=int(video.group(2)) if video else None,
+    )
+
+
+def _check_span(info: MediaInfo, start: float, end: float) -> None:
+    if end <= start:
+        raise MediaError(f"{info.path}: empty span {start:.3f}–{end:.3f} s")
+    if start < 0 or end > info.duration + END_TOLERANCE:
+        raise MediaError(f"{info.path}: span {start:.3f}–{end:.3f} s lies beyond the file (duration {info.duration:.3f} s)")
+
+
+def decode_audio(path: str | Path, start: float, end: float, sample_rate: int = SAMPLE_RATE,
+                 info: MediaInfo | None = None) -> np.ndarray:
+    """Mono float32 samples in [-1, 1] for ``start``–``end`` seconds, exactly round(duration·rate) long."""
+    info = info or probe(path)
+    if not info.has_audio:
+        raise MediaError(f"{path}: has no audio stream")
+    _check_span(info, start, end)
+    cmd = [ffmpeg_exe(), "-v", "error", "-ss", f"{start:.6f}", "-t", f"{end - start:.6f}", "-i", str(path),
+           "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
+    samples = np.frombuffer(_run(cmd, path, "audio decode").stdout, dtype=np.float32)
+    expected = round((min(end, info.duration) - start) * sample_rate)
+    if len(samples) < expected - SHORTFALL_TOLERANCE * sample_rate:
+        raise MediaError(f"{path}: audio ends early: {len(samples) / sample_rate:.3f} s decoded of "
+                         f"{expected / sample_rate:.3f} s requested from {start:.3f} s (truncated file?)")
+    wanted = round((end - start) * sample_rate)
+    return np.pad(samples[:wanted], (0, max(0, wanted - len(samples)))).copy()
+
+
+def iter_frames(path: str | Path, start: float, end: float, fps: float = 25.0, height: int | None = None,
+                chunk: int = 64, info: MediaInfo | None = None) -> Iterator[np.ndarray]:
+    """RGB uint8 frames ``[n, H, W, 3]`` of ``start``–``end`` at ``fps``, in chunks of ``chunk`` frames.
+
+    ``height`` rescales keeping the aspect ratio (None: native size). Memory stays bounded by one
+    chunk however long the span. Frame i shows time ``start + i / fps``.
+    """
+    info = info or probe(path)
+    if not info.has_video:
+        raise MediaError(f"{path}: has no video stream")
+    _check_span(info, start, end)
+    width, out_height = info.width, info.height
+    if height:
+        width, out_height = 2 * round(info.width * height / info.height / 2), height
+    expected = round((end - start) * fps)
+    stream = ffmpeg.input(str(path), ss=f"{start:.6f}").video.filter("fps", fps=fps)
+    if height:
+        stream = stream.filter("scale", width, out_height)
+    cmd = stream.output("pipe:", t=f"{end - start:.6f}", format="rawvideo", pix_fmt="rgb24",
+                        loglevel="error").compile(cmd=ffmpeg_exe())
+    frame_bytes = width * out_height * 3
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    delivered = 0
+    try:
+        while delivered < expected:
+            want = min(chunk, expected - delivered)
+            data = process.stdout.read(want * frame_bytes)
+            n = len(data) // frame_bytes
+            if n == 0:
+                break
+            delivered += n
+            yield np.frombuffer(data[: n * frame_bytes], np.uint8).reshape(n, out_height, width, 3)
+    finally:
+        process.stdout.close()
+        stderr = process.stderr.read()
+        process.kill()
+        process.wait()
+    if delivered < expected - SHORTFALL_TOLERANCE * fps:
+        raise MediaError(f"{path}: video ends early: {delivered} frames decoded of {expected} requested "
+                         f"from {start:.3f} s (truncated file?) {_tail(stderr)}")
+
+
+def decode_frames(path: str | Path, start: float, end: float, fps: float = 25.0, height: int | None = None,
+                  info: MediaInfo | None = None) -> np.ndarray:
+    """All frames of a span as one array (see :func:`iter_frames`)."""
+    chunks = list(iter_frames(path, start, end, fps, height, info=info))
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def cut_video(src: str | Path, dst: str | Path, start: float, end: float, *, preset: str = "veryfast",
+              crf: int = 18) -> Path:
+    """Frame-accurate clip (H.264 + AAC), re-encoded; written to a temporary name, then renamed."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp{dst.suffix}")
+    cmd = (ffmpeg.input(str(src), ss=f"{start:.6f}")
+           .output(str(tmp), t=f"{end - start:.6f}", vcodec="libx264", preset=preset, crf=crf,
+                   pix_fmt="yuv420p", acodec="aac", movflags="+faststart", loglevel="error")
+           .overwrite_output().compile(cmd=ffmpeg_exe()))
+    try:
+        _run(cmd, src, f"cutting {start:.3f}–{end:.3f} s to {dst.name}")
+    except MediaError:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(dst)
+    return dst
+
+
+def write_wav(samples: np.ndarray, dst: str | Path, sample_rate: int = SAMPLE_RATE) -> Path:
+    """16-bit PCM mono WAV from float samples, atomically."""
+    import wave
+
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp.wav")
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+    tmp.replace(dst)
+    return dst

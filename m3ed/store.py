@@ -1,0 +1,294 @@
+"""The feature store: one HDF5 file per feature set, written crash-safely and resumably.
+
+Layout of an output directory::
+
+    OUT/manifest.jsonl            the corpus (splits, labels, times), one dialogue per line
+    OUT/features/{set}.h5         flat keys = utterance ids; float32 [T, D] or [D]; provenance attrs
+    OUT/failures.jsonl            what could not be produced, and why
+    OUT/run.json                  configuration, versions, timings
+    OUT/.parts/{set}/{dialogue}.h5           one finished work unit (a dialogue)
+    OUT/.parts/{set}/{dialogue}.failed.json  a dialogue that failed as a whole (retried on re-run)
+
+A killed h5py writer leaves a file that will not open, so nothing is ever written in place:
+each dialogue's results go to a part file under a temporary name that is renamed when complete,
+and a finished feature file is assembled from the parts in corpus order and published by an
+atomic rename. Re-running the same command skips finished dialogues and assembles the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+from urllib.parse import quote
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .corpus import Corpus, Dialogue
+
+FORMAT_NAME = "m3ed-features"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One thing that could not be produced. ``utterance_id`` is None for a whole dialogue."""
+
+    feature_set: str
+    dialogue_id: str
+    utterance_id: str | None
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+def config_hash(config: Mapping) -> str:
+    """A short, stable digest of a configuration (what makes two runs' outputs comparable)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _file_name(dialogue_id: str) -> str:
+    """A file name for any dialogue id (slashes, non-ASCII), reversible and collision-free."""
+    return quote(dialogue_id, safe="")
+
+
+def _set_attrs(h5: h5py.File, attrs: Mapping) -> None:
+    for key in sorted(attrs):
+        value = attrs[key]
+        h5.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
+
+
+class FeatureStore:
+    """Writes the output directory; see the module docstring for the layout."""
+
+    def __init__(self, out_dir: str | Path):
+        self.root = Path(out_dir)
+        self.features_dir = self.root / "features"
+        self.parts_dir = self.root / ".parts"
+        self.manifest_path = self.root / "manifest.jsonl"
+        self.failures_path = self.root / "failures.jsonl"
+        self.run_path = self.root / "run.json"
+
+    def feature_path(self, feature_set: str) -> Path:
+        return self.features_dir / f"{feature_set}.h5"
+
+    def part_path(self, feature_set: str, dialogue_id: str) -> Path:
+        return self.parts_dir / feature_set / f"{_file_name(dialogue_id)}.h5"
+
+    def _failed_path(self, feature_set: str, dialogue_id: str) -> Path:
+        return self.parts_dir / feature_set / f"{_file_name(dialogue_id)}.failed.json"
+
+    # ---- work units -------------------------------------------------------------------------
+    def is_done(self, feature_set: str, dialogue_id: str, config: str) -> bool:
+        """A unit is done when its part exists, opens, is marked complete and has this config."""
+        path = self.part_path(feature_set, dialogue_id)
+        if not path.exists():
+            return False
+        try:
+            with h5py.File(path, "r") as h5:
+                return bool(h5.attrs.get("complete", False)) and h5.attrs.get("config_hash") == config
+        except OSError:
+            return False
+
+    def write_part(self, feature_set: str, dialogue_id: str, arrays: Mapping[str, np.ndarray],
+                   failures: Iterable[Failure] = (), *, config: str) -> Path:
+        """Write one dialogue's results for one feature set: temporary name, then atomic rename."""
+        path = self.part_path(feature_set, dialogue_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with h5py.File(tmp, "w") as h5:
+            for key, array in arrays.items():
+                h5.create_dataset(key, data=np.asarray(array, dtype=np.float32), track_times=False)
+            h5.attrs["dialogue_id"] = dialogue_id
+            h5.attrs["config_hash"] = config
+            h5.attrs["failures"] = json.dumps([asdict(f) for f in failures], ensure_ascii=False)
+            h5.attrs["complete"] = True
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        self._failed_path(feature_set, dialogue_id).unlink(missing_ok=True)
+        return path
+
+    def write_dialogue_failure(self, feature_set: str, dialogue_id: str, reason: str) -> None:
+        """Record that a whole dialogue failed; it is not done, so a re-run tries it again."""
+        path = self._failed_path(feature_set, dialogue_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(path, Failure(feature_set, dialogue_id, None, reason).to_json() + "\n")
+
+    def failures(self, feature_set: str, corpus: Corpus) -> list[Failure]:
+        """Failures recorded for ``feature_set``, in corpus order."""
+        found: list[Failure] = []
+        for dialogue in corpus:
+            failed = self._failed_path(feature_set, dialogue.id)
+            part = self.part_path(feature_set, dialogue.id)
+            if failed.exists():
+                found.append(Failure(**json.loads(failed.read_text(encoding="utf-8"))))
+            elif part.exists():
+                with h5py.File(part, "r") as h5:
+                    found += [Failure(**f) for f in json.loads(h5.attrs["failures"])]
+        return found
+
+    # ---- publishing -------------------------------------------------------------------------
+    def publish(self, feature_set: str, corpus: Corpus, attrs: Mapping) -> Path:
+        """Assemble the finished parts, in corpus order, into ``features/{set}.h5`` atomically."""
+        self.features_dir.mkdir(parents=True, exist_ok=True)
+        path = self.feature_path(feature_set)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        dims: set[int] = set()
+        with h5py.File(tmp, "w") as out:
+            for dialogue in corpus:
+                part_path = self.part_path(feature_set, dialogue.id)
+                if not part_path.exists():
+                    continue
+                with h5py.File(part_path, "r") as part:
+                    for utterance in dialogue.utterances:
+                        if utterance.id in part:
+                            data = part[utterance.id][()]
+                            dims.add(int(data.shape[-1]) if data.ndim else 1)
+                            out.create_dataset(utterance.id, data=data, track_times=False)
+            _set_attrs(out, {
+                "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "feature_set": feature_set,
+                "package_version": __version__, "dim": max(dims) if dims else 0, **attrs,
+            })
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        return path
+
+    def is_published(self, feature_set: str, config: str) -> bool:
+        path = self.feature_path(feature_set)
+        if not path.exists():
+            return False
+        try:
+            with h5py.File(path, "r") as h5:
+                return h5.attrs.get("config_hash") == config
+        except OSError:
+            return False
+
+    def write_manifest(self, corpus: Corpus) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        corpus.to_jsonl(self.manifest_path)
+
+    def write_failures(self, failures: Iterable[Failure]) -> None:
+        _atomic_write_text(self.failures_path, "".join(f.to_json() + "\n" for f in failures))
+
+    def write_run(self, record: Mapping) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(self.run_path, json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
+
+    def read_failures(self) -> list[Failure]:
+        if not self.failures_path.exists():
+            return []
+        lines = self.failures_path.read_text(encoding="utf-8").splitlines()
+        return [Failure(**json.loads(line)) for line in lines if line.strip()]
+
+    def remove_parts(self, feature_set: str) -> None:
+        """Delete a feature set's parts once its file is published (they hold the same data)."""
+        folder = self.parts_dir / feature_set
+        if folder.exists():
+            for item in folder.iterdir():
+                item.unlink()
+            folder.rmdir()
+
+
+class FeatureReader:
+    """Reads one feature file: arrays by utterance id, and padded dialogue batches with masks."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as e:
+            raise OSError(f"{self.path}: cannot open feature file ({e})") from e
+        self.attrs = {k: _decode_attr(v) for k, v in self._h5.attrs.items()}
+
+    @classmethod
+    def open(cls, out_dir: str | Path, feature_set: str) -> "FeatureReader":
+        return cls(FeatureStore(out_dir).feature_path(feature_set))
+
+    @property
+    def feature_set(self) -> str:
+        return str(self.attrs.get("feature_set", self.path.stem))
+
+    @property
+    def dim(self) -> int:
+        return int(self.attrs["dim"])
+
+    def __getitem__(self, utterance_id: str) -> np.ndarray:
+        try:
+            return self._h5[utterance_id][()]
+        except KeyError:
+            raise KeyError(f"{self.path}: no features for utterance {utterance_id!r}") from None
+
+    def get(self, utterance_id: str) -> np.ndarray | None:
+        return self._h5[utterance_id][()] if utterance_id in self._h5 else None
+
+    def __contains__(self, utterance_id: str) -> bool:
+        return utterance_id in self._h5
+
+    def keys(self) -> Iterator[str]:
+        return iter(self._h5.keys())
+
+    def __len__(self) -> int:
+        return len(self._h5)
+
+    def dialogue_batch(self, dialogues: list[Dialogue]) -> tuple[np.ndarray, np.ndarray]:
+        """Features of whole dialogues, zero-padded, with a mask of what is real.
+
+        Utterance-level sets give ``x [B, N, D]`` and ``mask [B, N]``; frame-level sets give
+        ``x [B, N, T, D]`` and ``mask [B, N, T]``. An utterance without features is all-masked.
+        """
+        arrays = [[self.get(u.id) for u in d.utterances] for d in dialogues]
+        present = [a for row in arrays for a in row if a is not None]
+        frame_level = bool(present) and present[0].ndim == 2
+        n = max((len(row) for row in arrays), default=0)
+        if not frame_level:
+            x = np.zeros((len(dialogues), n, self.dim), np.float32)
+            mask = np.zeros((len(dialogues), n), bool)
+            for i, row in enumerate(arrays):
+                for j, a in enumerate(row):
+                    if a is not None:
+                        x[i, j], mask[i, j] = a, True
+            return x, mask
+        t = max(a.shape[0] for a in present)
+        x = np.zeros((len(dialogues), n, t, self.dim), np.float32)
+        mask = np.zeros((len(dialogues), n, t), bool)
+        for i, row in enumerate(arrays):
+            for j, a in enumerate(row):
+                if a is not None:
+                    x[i, j, : len(a)], mask[i, j, : len(a)] = a, True
+        return x, mask
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> "FeatureReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _decode_attr(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value.item() if isinstance(value, np.generic) else value
