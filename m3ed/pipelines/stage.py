@@ -1,0 +1,94 @@
+"""What an extraction stage is, and the registry that finds stages by name.
+
+A stage turns dialogues into features. The runner (:mod:`m3ed.pipelines.extract`) hands it fixed
+groups of consecutive dialogues (``group_size``), so that it can batch across dialogues; the group
+boundaries never depend on what is already done, so a resumed run computes exactly what an
+uninterrupted run computes. A stage reports per dialogue: features per feature set, utterance-level
+failures, or an error for the whole dialogue. One bad dialogue never stops the others.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterator
+
+import numpy as np
+
+from ..corpus import Corpus, Dialogue
+from ..locate import MediaSource
+from ..profiles import Profile
+from ..store import Failure, FeatureStore
+
+
+@dataclass
+class RunContext:
+    """What every stage may use: where media comes from, where features go, which models, which device."""
+
+    corpus: Corpus
+    media: MediaSource
+    store: FeatureStore
+    profile: Profile
+    device: str = "cpu"
+    precision: str = "fp32"   # "fp32", "bf16" or "fp16" (autocast; CUDA only)
+
+
+@dataclass
+class DialogueResult:
+    dialogue_id: str
+    features: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # set -> utterance id -> array
+    failures: list[Failure] = field(default_factory=list)                      # utterance-level
+    error: str | None = None                                                   # the whole dialogue failed
+
+
+class Stage:
+    """Base class. Subclasses set ``name`` and ``feature_sets`` and implement ``process``."""
+
+    name: ClassVar[str]
+    feature_sets: tuple[str, ...] = ()
+    group_size: int = 1
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Command-line options of this stage (shown in ``m3ed-extract --help``)."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, context: RunContext) -> "Stage":
+        raise NotImplementedError
+
+    def provenance(self) -> dict:
+        """Everything that determines the output (model id, revision, options). Hashed, and stored
+        in each feature file's attributes."""
+        raise NotImplementedError
+
+    def attrs(self, feature_set: str) -> dict:
+        """Extra attributes of one feature file (frame rate, normalisation constants...)."""
+        return {}
+
+    def process(self, dialogues: list[Dialogue], context: RunContext) -> Iterator[DialogueResult]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release models (one large model resident at a time)."""
+
+
+# name -> "module:Class"; imported on demand so that `m3ed --help` stays fast.
+STAGES: dict[str, str] = {
+    "text": "m3ed.extract.text:TextStage",
+    "audio": "m3ed.extract.audio:AudioStage",
+    "asd": "m3ed.asd.pipeline:AsdStage",
+    "visual": "m3ed.extract.face:FaceStage",
+}
+# "cut" writes clips for other tools rather than features; the runner calls it directly.
+STAGE_ORDER = ("cut", "text", "audio", "asd", "visual")
+
+
+def stage_class(name: str) -> type[Stage]:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; choose from {', '.join(STAGE_ORDER)}")
+    module, _, cls = STAGES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def failed_dialogue(dialogue: Dialogue, error: BaseException | str) -> DialogueResult:
+    return DialogueResult(dialogue.id, error=str(error))

@@ -1,0 +1,110 @@
+"""Model profiles: which weights every stage uses.
+
+- ``paper``: the models of the M3ED paper, by Hugging Face id or checkpoint URL, downloaded on
+  first use into the usual caches (``HF_HOME``, ``TORCH_HOME``) or given as local paths.
+- ``paper-random``: the same architectures and sizes with random weights, built locally. Features
+  are meaningless; compute cost is real (for benchmarks on machines without the weights).
+- ``tiny``: small random models built from configs with a fixed seed, saved once under the cache
+  directory and loaded back through the same ``from_pretrained`` path (tests, offline demo).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+TEXT_MODEL_ID = "hfl/chinese-roberta-wwm-ext"
+AUDIO_MODEL_ID = "jonatasgrosman/wav2vec2-large-xlsr-53-chinese-zh-cn"
+
+
+class ModelUnavailable(RuntimeError):
+    """A model's weights are not here and cannot be fetched; the message says how to provide them."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    text_model: str            # Hugging Face id or local directory
+    audio_model: str
+    random_init: bool          # build the architecture from its config with random weights
+    tiny: bool                 # shrink every architecture (tests and the offline demo)
+    asd_model: str = "talknet"  # "talknet" or "light-asd"
+    asd_checkpoint: str | None = None     # local path or URL; None: the model's released checkpoint
+    face_embedder: str | None = "vggface2"  # facenet-pytorch InceptionResnetV1 weights; None: random
+    fer_checkpoint: str | None = None       # DenseNet FER checkpoint (m3ed train-fer writes one)
+    text_revision: str | None = None
+    audio_revision: str | None = None
+    seed: int = 0
+
+    def with_overrides(self, **overrides) -> "Profile":
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile("paper", TEXT_MODEL_ID, AUDIO_MODEL_ID, random_init=False, tiny=False),
+    "paper-random": Profile("paper-random", TEXT_MODEL_ID, AUDIO_MODEL_ID, random_init=True, tiny=False,
+                            face_embedder=None),
+    "tiny": Profile("tiny", "tiny-bert-chinese", "tiny-wav2vec2", random_init=True, tiny=True, face_embedder=None),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+
+
+def cache_dir() -> Path:
+    """Where locally built models live (``M3ED_CACHE``, default ``~/.cache/m3ed``)."""
+    return Path(os.environ.get("M3ED_CACHE", Path.home() / ".cache" / "m3ed"))
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def unavailable(what: str, name: str, how: str, cause: Exception | None = None) -> ModelUnavailable:
+    """The error for a model that is neither cached nor downloadable, with the way to provide it."""
+    detail = f" ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})" if cause else ""
+    return ModelUnavailable(f"{what} {name!r} is not available here{detail}.\n  To provide it: {how}")
+
+
+def load_pretrained(cls, name: str, what: str, option: str, revision: str | None = None, **kwargs):
+    """``cls.from_pretrained(name)`` with a clear error when the weights cannot be had.
+
+    ``option`` is the command-line option that takes a local path instead (e.g. ``--text-model``).
+    """
+    local = Path(name).expanduser()
+    if local.exists():
+        try:
+            return cls.from_pretrained(str(local), **kwargs)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ModelUnavailable(f"{what} at {local} could not be loaded: {e}\n"
+                                   f"  Expected a directory written by save_pretrained (config.json + weights).") from e
+    try:
+        return cls.from_pretrained(name, revision=revision, **kwargs)
+    except OSError as e:
+        how = (f"download it where the Hugging Face hub is reachable (`hf download {name}`) and copy the "
+               f"cache (HF_HOME) here, or pass a local directory with {option} PATH")
+        raise unavailable(what, name, how, e) from e
+
+
+def fetch_checkpoint(url_or_path: str, what: str, option: str) -> Path:
+    """A checkpoint file by local path, or downloaded once from ``url`` into ``TORCH_HOME``."""
+    path = Path(url_or_path).expanduser()
+    if path.exists():
+        return path
+    if "://" not in url_or_path:
+        raise unavailable(what, url_or_path, f"the file does not exist; pass an existing file with {option} PATH")
+    import torch.hub
+
+    target = Path(torch.hub.get_dir()) / "checkpoints" / "m3ed" / url_or_path.rstrip("/").split("/")[-1]
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url_or_path, str(target), progress=True)
+    except Exception as e:  # urllib raises many kinds; all mean "not downloadable here"
+        raise unavailable(what, url_or_path, f"download it from {url_or_path} to {target}, or pass a local file with {option} PATH", e) from e
+    return target
