@@ -1,0 +1,174 @@
+"""Light-ASD active speaker detection (Liao et al., CVPR 2023), checkpoint-compatible.
+
+A 1.0 M-parameter alternative to TalkNet with the same inputs and outputs (see
+:class:`m3ed.models.talknet.AudioVisualASD`), about four times faster on CPU, whose released
+weights are usable offline:
+
+    video [B,T,112,112] ─ 3 visual blocks (split 2-D spatial / 1-D temporal convs) ─► [B,T,128] ─┐
+    mfcc  [B,4T,13]     ─ 3 audio blocks (split coefficient / time convs) ──────────► [B,T,128] ─┤
+                          sum ─ bidirectional GRU (two one-way GRUs) ─► [B,T,128] ◄────────────────┘
+                          ─ lossAV.FC ─► logits [B,T,2]
+
+Names follow the authors' code (github.com/Junhua-Liao/Light-ASD): checkpoints hold ``model.*``,
+``lossAV.FC.*`` (audio-visual head, used at inference) and ``lossV.FC.*`` (the visual-only head of
+the training loss, kept here as :meth:`LightASD.visual_logits`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m3ed.models.checkpoint import load_checkpoint_file, load_state_dict_strict
+from m3ed.models.talknet import AudioVisualASD, ScoreHead, normalise_face_pixels
+
+__all__ = ["LightASD"]
+
+# All of Light-ASD's batch norms use these (non-default) settings; eps changes the outputs.
+_BN = {"momentum": 0.01, "eps": 0.001}
+
+
+class _VisualBlock(nn.Module):
+    """Two parallel (spatial k×k, then temporal k) branches, k = 3 and 5, summed, then a 1×1×1 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, downsample: bool = False) -> None:
+        super().__init__()
+        stride = (1, 2, 2) if downsample else (1, 1, 1)
+        self.s_3 = nn.Conv3d(in_channels, out_channels, (1, 3, 3), stride=stride, padding=(0, 1, 1), bias=False)
+        self.bn_s_3 = nn.BatchNorm3d(out_channels, **_BN)
+        self.t_3 = nn.Conv3d(out_channels, out_channels, (3, 1, 1), padding=(1, 0, 0), bias=False)
+        self.bn_t_3 = nn.BatchNorm3d(out_channels, **_BN)
+        self.s_5 = nn.Conv3d(in_channels, out_channels, (1, 5, 5), stride=stride, padding=(0, 2, 2), bias=False)
+        self.bn_s_5 = nn.BatchNorm3d(out_channels, **_BN)
+        self.t_5 = nn.Conv3d(out_channels, out_channels, (5, 1, 1), padding=(2, 0, 0), bias=False)
+        self.bn_t_5 = nn.BatchNorm3d(out_channels, **_BN)
+        self.last = nn.Conv3d(out_channels, out_channels, (1, 1, 1), bias=False)
+        self.bn_last = nn.BatchNorm3d(out_channels, **_BN)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_3 = F.relu(self.bn_t_3(self.t_3(F.relu(self.bn_s_3(self.s_3(x))))))
+        x_5 = F.relu(self.bn_t_5(self.t_5(F.relu(self.bn_s_5(self.s_5(x))))))
+        return F.relu(self.bn_last(self.last(x_3 + x_5)))
+
+
+class _AudioBlock(nn.Module):
+    """Like :class:`_VisualBlock` over the MFCC image: coefficient convs (m_k), then time convs (t_k)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.m_3 = nn.Conv2d(in_channels, out_channels, (3, 1), padding=(1, 0), bias=False)
+        self.bn_m_3 = nn.BatchNorm2d(out_channels, **_BN)
+        self.t_3 = nn.Conv2d(out_channels, out_channels, (1, 3), padding=(0, 1), bias=False)
+        self.bn_t_3 = nn.BatchNorm2d(out_channels, **_BN)
+        self.m_5 = nn.Conv2d(in_channels, out_channels, (5, 1), padding=(2, 0), bias=False)
+        self.bn_m_5 = nn.BatchNorm2d(out_channels, **_BN)
+        self.t_5 = nn.Conv2d(out_channels, out_channels, (1, 5), padding=(0, 2), bias=False)
+        self.bn_t_5 = nn.BatchNorm2d(out_channels, **_BN)
+        self.last = nn.Conv2d(out_channels, out_channels, (1, 1), bias=False)
+        self.bn_last = nn.BatchNorm2d(out_channels, **_BN)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_3 = F.relu(self.bn_t_3(self.t_3(F.relu(self.bn_m_3(self.m_3(x))))))
+        x_5 = F.relu(self.bn_t_5(self.t_5(F.relu(self.bn_m_5(self.m_5(x))))))
+        return F.relu(self.bn_last(self.last(x_3 + x_5)))
+
+
+class _VisualEncoder(nn.Module):
+    """``[B,1,T,H,W]`` normalised frames -> ``[B,T,128]`` (spatial max over the final map)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block1 = _VisualBlock(1, 32, downsample=True)
+        self.pool1 = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.block2 = _VisualBlock(32, 64)
+        self.pool2 = nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.block3 = _VisualBlock(64, 128)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block3(self.pool2(self.block2(self.pool1(self.block1(x)))))  # [B,128,T,h,w]
+        return x.amax(dim=(3, 4)).transpose(1, 2)
+
+
+class _AudioEncoder(nn.Module):
+    """``[B,1,13,4T]`` MFCC image -> ``[B,T,128]``: time halved twice, coefficients averaged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block1 = _AudioBlock(1, 32)
+        self.pool1 = nn.MaxPool2d(kernel_size=(1, 3), stride=(1, 2), padding=(0, 1))  # over time only
+        self.block2 = _AudioBlock(32, 64)
+        self.pool2 = nn.MaxPool2d(kernel_size=(1, 3), stride=(1, 2), padding=(0, 1))
+        self.block3 = _AudioBlock(64, 128)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block3(self.pool2(self.block2(self.pool1(self.block1(x)))))  # [B,128,13,T]
+        return x.mean(dim=2).transpose(1, 2)
+
+
+class _BidirectionalGRU(nn.Module):
+    """A forward GRU, then a GRU over the reversed sequence, each followed by GELU."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gru_forward = nn.GRU(channels, channels, num_layers=1, batch_first=True)
+        self.gru_backward = nn.GRU(channels, channels, num_layers=1, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.gru_forward(x)[0])
+        x = self.gru_backward(torch.flip(x, dims=[1]))[0]
+        return F.gelu(torch.flip(x, dims=[1]))
+
+
+class _LightASDBackbone(nn.Module):
+    """``ASD_Model`` of the reference (``model.*`` keys)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.visualEncoder = _VisualEncoder()
+        self.audioEncoder = _AudioEncoder()
+        self.GRU = _BidirectionalGRU(128)
+
+
+class LightASD(AudioVisualASD):
+    """Light-ASD (1.02 M parameters); ``state_dict()`` equals the released checkpoints' keys."""
+
+    # Trained on 112x112 faces; the final spatial max-pool accepts other sizes too.
+    face_size = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = _LightASDBackbone()
+        self.lossAV = ScoreHead(128)
+        self.lossV = ScoreHead(128)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LightASD:
+        """Build Light-ASD from a released checkpoint (e.g. ``finetuning_TalkSet.model``), in eval mode."""
+        network = cls()
+        load_state_dict_strict(network, load_checkpoint_file(path), source=str(path))
+        return network.to(device).eval()
+
+    def forward_audio_frontend(self, mfcc: torch.Tensor) -> torch.Tensor:
+        """``[B,4T,13]`` MFCC -> ``[B,T,128]`` audio embedding."""
+        return self.model.audioEncoder(mfcc.unsqueeze(1).transpose(2, 3))
+
+    def forward_visual_frontend(self, video: torch.Tensor) -> torch.Tensor:
+        """``[B,T,H,W]`` raw gray values (0-255) -> ``[B,T,128]`` visual embedding."""
+        return self.model.visualEncoder(normalise_face_pixels(video).unsqueeze(1))
+
+    def forward_audio_visual_backend(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """Sum of the two embeddings through the bidirectional GRU: ``[B,T,128]``."""
+        return self.model.GRU(audio + visual)
+
+    def fuse(self, audio_embed: torch.Tensor, visual_embed: torch.Tensor) -> torch.Tensor:
+        return self.forward_audio_visual_backend(audio_embed, visual_embed)
+
+    def visual_logits(self, video: torch.Tensor) -> torch.Tensor:
+        """Visual-only ``[B,T,2]`` logits from the training loss's ``lossV`` head (no audio needed).
+
+        A weaker cue than :meth:`logits`; the authors trained it as an auxiliary objective.
+        """
+        return self.lossV(self.forward_visual_frontend(self._prepare_video(video)))
