@@ -92,8 +92,11 @@ class MediaSource:
         for path in tried:
             if path.is_file():
                 return self._span(dialogue, path)
-        shown = "\n".join(f"  {p}" for p in tried[:12]) + (f"\n  ... and {len(tried) - 12} more" if len(tried) > 12 else "")
-        raise VideoNotFound(f"dialogue {dialogue.id}: no video found; tried:\n{shown}")
+        # One line per location, extensions folded: "videos/show01.{mp4,mkv,...}".
+        stems = dict.fromkeys(str(p.with_suffix("")) if p.suffix[1:] in VIDEO_EXTENSIONS else str(p) for p in tried)
+        shown = "\n".join(f"  {stem}.{{{','.join(VIDEO_EXTENSIONS)}}}" for stem in stems)
+        raise VideoNotFound(f"dialogue {dialogue.id}: no video found; tried:\n{shown}\n"
+                            f"  (set --videos, or --video-pattern for another layout)")
 
     def _span(self, dialogue: Dialogue, path: Path) -> DialogueSpan:
         info = probe(path)

@@ -107,6 +107,10 @@ class FeatureStore:
     def write_part(self, feature_set: str, dialogue_id: str, arrays: Mapping[str, np.ndarray],
                    failures: Iterable[Failure] = (), *, config: str) -> Path:
         """Write one dialogue's results for one feature set: temporary name, then atomic rename."""
+        bad = [key for key in arrays if "/" in key or key in (".", "")]
+        if bad:
+            raise ValueError(f"dialogue {dialogue_id}: utterance id {bad[0]!r} cannot be an HDF5 key "
+                             f"(no '/' allowed); rename it in the annotations")
         path = self.part_path(feature_set, dialogue_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -169,13 +173,14 @@ class FeatureStore:
         tmp.replace(path)
         return path
 
-    def is_published(self, feature_set: str, config: str) -> bool:
+    def is_published(self, feature_set: str, config: str, corpus: str | None = None) -> bool:
+        """Whether ``features/{set}.h5`` exists with this configuration (and this corpus digest)."""
         path = self.feature_path(feature_set)
         if not path.exists():
             return False
         try:
             with h5py.File(path, "r") as h5:
-                return h5.attrs.get("config_hash") == config
+                return h5.attrs.get("config_hash") == config and (corpus is None or h5.attrs.get("corpus_hash") == corpus)
         except OSError:
             return False
 

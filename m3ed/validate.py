@@ -47,6 +47,8 @@ def validate(corpus: Corpus, *, require_split: bool = False, emotions: tuple[str
             if utterance_counts[u.id] > 1 and u.id not in reported:
                 reported.add(u.id)
                 problems.append(Problem(where, f"utterance id appears {utterance_counts[u.id]} times"))
+            if "/" in u.id:
+                problems.append(Problem(where, "utterance id contains '/', which cannot be an HDF5 key"))
             if u.end <= u.start:
                 problems.append(Problem(where, f"end {u.end:.2f} s is not after start {u.start:.2f} s"))
             if u.start < -TIME_TOLERANCE or (span is not None and u.end > span + TIME_TOLERANCE):

@@ -1,0 +1,250 @@
+"""Command line: ``m3ed-extract`` (the main job) and ``m3ed`` (subcommands).
+
+The CLI only fills configuration and calls the library; everything it does is also a function.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+from ..corpus import Corpus
+from ..locate import MediaSource, Timing
+from ..media import MediaError
+from ..profiles import PROFILES, get_profile
+from ..stats import format_tables, split_stats
+from ..store import FeatureStore
+from ..timecode import DEFAULT_FPS
+from ..validate import validate
+from .stage import STAGE_ORDER, STAGES, RunContext, stage_class
+
+log = logging.getLogger("m3ed")
+
+
+def sample_dir() -> Path:
+    """The bundled sample (``M3ED_SAMPLE_DIR``, else ``samples/`` of the source tree)."""
+    return Path(os.environ.get("M3ED_SAMPLE_DIR", Path(__file__).resolve().parents[2] / "samples"))
+
+
+# ---- shared options -----------------------------------------------------------------------------
+def add_corpus_arguments(parser: argparse.ArgumentParser, *, sample_default: bool = True) -> None:
+    g = parser.add_argument_group("annotations")
+    default = " (default: the bundled sample)" if sample_default else ""
+    g.add_argument("--annotations", type=Path, help="M3ED annotation.json, a generic manifest (.jsonl/.csv), "
+                   "or a corpus JSONL such as OUT/manifest.jsonl" + default)
+    g.add_argument("--relation", type=Path, help="M3ED relation_annotation_release.json: where each dialogue sits in its episode")
+    g.add_argument("--splits", type=Path, help="folder with movie_list_{train,val,test}.txt")
+    g.add_argument("--fps", type=float, default=DEFAULT_FPS, help="frame rate of the timecodes (default %(default)s)")
+    g.add_argument("--strict", action="store_true", help="treat timecode anomalies and annotation problems as errors")
+    g.add_argument("--dialogues", help="comma-separated dialogue ids to process (default: all)")
+
+
+def add_media_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("videos")
+    g.add_argument("--videos", type=Path, help="folder of episode videos or pre-cut dialogue clips (default: the bundled sample)")
+    g.add_argument("--video-pattern", help="file name pattern inside --videos, e.g. '{show}/{episode:02d}.mkv' "
+                   "(fields: show, episode, dialogue, ext); common layouts are tried after it")
+    g.add_argument("--dialogue-offset-frames", type=int, default=Timing.dialogue_offset_frames,
+                   help="frames added to dialogue timecodes when cutting from episodes (authors' release: 1)")
+    g.add_argument("--audio-shift", type=float, default=Timing.audio_shift,
+                   help="seconds added to utterance times for audio (authors' release: 0.05)")
+
+
+def load_corpus_from_args(args: argparse.Namespace) -> Corpus:
+    from ..loaders import load_corpus
+
+    if args.annotations is None:
+        sample = sample_dir() / "annotations"
+        args.annotations = sample / "annotation.json"
+        args.relation = args.relation or sample / "relation_annotation_release.json"
+        args.splits = args.splits or sample / "splitInfo"
+        if getattr(args, "videos", None) is None and hasattr(args, "videos"):
+            args.videos = sample_dir() / "videos"
+    corpus = load_corpus(args.annotations, args.relation, args.splits, fps=args.fps, strict=args.strict)
+    if args.dialogues:
+        wanted = [d.strip() for d in args.dialogues.split(",") if d.strip()]
+        missing = [d for d in wanted if d not in {x.id for x in corpus}]
+        if missing:
+            raise SystemExit(f"error: --dialogues: not in {args.annotations}: {', '.join(missing)}")
+        corpus = corpus.select(wanted)
+    problems = validate(corpus, require_split=args.splits is not None)
+    for problem in problems:
+        log.warning("annotation problem: %s", problem)
+    if problems and args.strict:
+        raise SystemExit(f"error: {len(problems)} annotation problem(s) (see above); --strict stops here")
+    return corpus
+
+
+def media_from_args(args: argparse.Namespace) -> MediaSource:
+    timing = Timing(fps=args.fps, dialogue_offset_frames=args.dialogue_offset_frames, audio_shift=args.audio_shift)
+    return MediaSource(args.videos, args.video_pattern, timing)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---- m3ed-extract -------------------------------------------------------------------------------
+def build_extract_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        prog="m3ed-extract", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Extract multimodal features (text, audio, speaker faces, facial expression) for every "
+                    "utterance of a dialogue corpus into HDF5 files. Without --videos/--annotations it runs on "
+                    "the bundled sample. Re-running the same command resumes where a previous run stopped.",
+        epilog="Outputs: OUT/manifest.jsonl, OUT/features/{set}.h5, OUT/failures.jsonl, OUT/run.json, OUT/clips/. "
+               "Fine-tuned feature sets (roberta_ft_cls, wav2vec2_ft_last) need checkpoints from "
+               "`m3ed finetune text|audio`, passed with --text-finetuned / --audio-finetuned.")
+    add_corpus_arguments(parser)
+    add_media_arguments(parser)
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", type=Path, default=Path("m3ed_features"), help="output directory")
+    g.add_argument("--stages", default=",".join(STAGE_ORDER), help=f"comma-separated, from {', '.join(STAGE_ORDER)}")
+    g.add_argument("--profile", choices=sorted(PROFILES), default="paper",
+                   help="model weights: paper (released weights), paper-random (same sizes, random weights: "
+                        "benchmarks), tiny (small random models: tests and the offline demo)")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision on CUDA")
+    g.add_argument("--cut-workers", type=int, default=2, help="parallel ffmpeg processes for the cut stage")
+    g.add_argument("--keep-parts", action="store_true", help="keep per-dialogue part files after publishing")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for name in STAGE_ORDER:
+        if name in STAGES:
+            stage_class(name).add_arguments(parser)
+    return parser
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGE_ORDER]
+    if unknown:
+        raise SystemExit(f"error: --stages: unknown {unknown}; choose from {', '.join(STAGE_ORDER)}")
+    stages = [s for s in STAGE_ORDER if s in stages]  # dependencies run first (asd before visual)
+    corpus = load_corpus_from_args(args)
+    args.device = args.device or default_device()
+    profile = get_profile(args.profile)
+    context = RunContext(corpus=corpus, media=media_from_args(args), store=FeatureStore(args.out),
+                         profile=profile, device=args.device, precision=args.precision)
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    print("m3ed-extract configuration:\n" + json.dumps(resolved, indent=2, ensure_ascii=False, default=str))
+    print(f"{len(corpus)} dialogues, {sum(len(d.utterances) for d in corpus)} utterances; stages: {', '.join(stages)}")
+    from .extract import run_extraction
+
+    record = run_extraction(corpus, context, stages, args, cut_workers=args.cut_workers,
+                            keep_parts=args.keep_parts, progress=not args.no_progress)
+    return report_run(context.store, record)
+
+
+def report_run(store: FeatureStore, record: dict) -> int:
+    print(f"\nwrote {store.root}:")
+    for path in sorted(store.features_dir.glob("*.h5")) if store.features_dir.exists() else []:
+        print(f"  {path.relative_to(store.root)}  ({path.stat().st_size / 1e6:.2f} MB)")
+    for name in ("manifest.jsonl", "failures.jsonl", "run.json"):
+        print(f"  {name}")
+    failures = store.read_failures()
+    if failures:
+        by_set = Counter(f.feature_set for f in failures)
+        print(f"{len(failures)} failure(s) recorded in failures.jsonl: "
+              + ", ".join(f"{k}: {v}" for k, v in sorted(by_set.items())))
+        for failure in failures[:10]:
+            where = failure.utterance_id or failure.dialogue_id
+            print(f"  [{failure.feature_set}] {where}: {failure.reason.splitlines()[0]}")
+    failed = record.get("failed_dialogues", [])
+    if failed:
+        print(f"{len(failed)} dialogue(s) failed: {', '.join(failed[:20])}; re-run the same command to retry them")
+        return 1
+    return 0
+
+
+def extract_main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run_extract(build_extract_parser().parse_args(argv))
+
+
+# ---- m3ed subcommands ---------------------------------------------------------------------------
+def _run_stats(args: argparse.Namespace) -> int:
+    stats = split_stats(load_corpus_from_args(args))
+    print(format_tables(stats))
+    if args.json:
+        args.json.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _run_cut(args: argparse.Namespace) -> int:
+    from .cut import cut_corpus
+
+    corpus = load_corpus_from_args(args)
+    failures = cut_corpus(corpus, media_from_args(args), args.out / "clips", workers=args.workers,
+                          progress=not args.no_progress)
+    for failure in failures:
+        print(f"failed: {failure.utterance_id or failure.dialogue_id}: {failure.reason}", file=sys.stderr)
+    print(f"clips under {args.out / 'clips'}; {len(failures)} failure(s)")
+    return 1 if failures else 0
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    corpus = load_corpus_from_args(args)
+    problems = validate(corpus, require_split=args.splits is not None)
+    print(f"{len(corpus)} dialogues, {sum(len(d.utterances) for d in corpus)} utterances, {len(problems)} problem(s)")
+    for problem in problems:
+        print(f"  {problem}")
+    return 1 if problems else 0
+
+
+# Subcommands contributed by other modules: (module, function adding the subparser).
+SUBCOMMANDS = (
+    ("m3ed.extract.finetune", "add_finetune_parser"),
+    ("m3ed.pipelines.faces", "add_faces_parser"),
+    ("m3ed.pipelines.viz", "add_viz_parser"),
+    ("m3ed.pipelines.train_fer", "add_train_fer_parser"),
+    ("m3ed.pipelines.train", "add_train_parser"),
+    ("m3ed.pipelines.export", "add_export_parser"),
+    ("m3ed.synthetic", "add_synthetic_parser"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="m3ed", description="Multimodal emotion-recognition-in-conversation toolkit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    extract = sub.add_parser("extract", help="the main job (same as m3ed-extract)",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    build_extract_parser(extract)
+    extract.set_defaults(func=run_extract)
+    stats = sub.add_parser("stats", help="Tables 2 and 3 of the paper for an annotation")
+    add_corpus_arguments(stats)
+    stats.add_argument("--json", type=Path, help="also write {train,val,test,total} statistics here")
+    stats.set_defaults(func=_run_stats)
+    validate_cmd = sub.add_parser("validate", help="report every problem in an annotation")
+    add_corpus_arguments(validate_cmd)
+    validate_cmd.set_defaults(func=_run_validate)
+    cut = sub.add_parser("cut", help="cut dialogue and utterance clips (mp4 + 16 kHz wav)")
+    add_corpus_arguments(cut)
+    add_media_arguments(cut)
+    cut.add_argument("--out", type=Path, default=Path("m3ed_features"), help="output directory (clips go to OUT/clips)")
+    cut.add_argument("--workers", type=int, default=2, help="parallel ffmpeg processes")
+    cut.add_argument("--no-progress", action="store_true")
+    cut.set_defaults(func=_run_cut)
+    for module, function in SUBCOMMANDS:
+        try:
+            getattr(importlib.import_module(module), function)(sub)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (MediaError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
