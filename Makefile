@@ -1,0 +1,43 @@
+# make demo  - create .venv, install, run the whole pipeline on the bundled sample (tiny models, offline)
+# make test  - create .venv, install, run the test suite
+# make bench - throughput benchmarks with paper-size random-weight models (writes bench/results.json)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := out/demo
+# The demo and the tests never reach a model hub.
+export HF_HUB_OFFLINE := 1
+export M3ED_CACHE ?= $(CURDIR)/.cache/m3ed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/m3ed finetune text --profile tiny --out $(DEMO)/finetune/text --epochs 1 --no-progress
+	$(BIN)/m3ed finetune audio --profile tiny --out $(DEMO)/finetune/audio --epochs 1 --no-progress
+	$(BIN)/m3ed-extract --profile tiny --out $(DEMO) --device cpu --no-progress \
+		--text-finetuned $(DEMO)/finetune/text --audio-finetuned $(DEMO)/finetune/audio
+	$(BIN)/m3ed viz-asd sampleshow_1 --features $(DEMO) --out $(DEMO)/sampleshow_1_asd.mp4
+	$(BIN)/m3ed train --features $(DEMO) --model mdi --modalities l,a,v --epochs 3 --seeds 0 --out $(DEMO)/train
+	$(BIN)/m3ed stats --json $(DEMO)/stats.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_extract.py
+	$(BIN)/python bench/bench_asd.py
+	$(BIN)/python bench/bench_visual.py
+	$(BIN)/python bench/bench_cut.py
+	$(BIN)/python bench/bench_train.py
+
+clean:
+	rm -rf $(VENV) out .cache .pytest_cache
