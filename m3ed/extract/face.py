@@ -1,0 +1,236 @@
+"""The visual stage: DenseNet FER features of the speaker's face (the paper's V_Frm and V_Utt).
+
+For each utterance it reads the speaker's face box per frame from the ``speaker_faces`` feature set
+(written by the asd stage), decodes the dialogue's frames once, crops each chosen face (a square
+around the box centre, ``crop_scale`` times the box's longer side, zero-padded outside the picture),
+converts it to gray 64x64, normalises it with scalar constants and runs the authors' DenseNet-BC-100:
+
+- ``denseface_frame``: ``[T_faces, 342]``, one row per frame with a speaker face, in frame order;
+- ``denseface_mean``: ``[342]``, their mean.
+
+An utterance whose speaker's face was never found gets no key and a failure line saying so.
+
+Weights: ``--fer-checkpoint PATH`` (or ``profile.fer_checkpoint``). The authors' checkpoint is not
+public, so the ``paper`` profile needs one made by ``m3ed train-fer``; ``paper-random`` and ``tiny``
+use random weights from ``profile.seed`` (meaningless features, real cost).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from ..asd.assign import COLUMNS
+from ..corpus import Dialogue
+from ..media import MediaError
+from ..models.densenet_fer import FACE_SIZE, M3ED_FACE_MEAN, M3ED_FACE_STD, DenseNetFER, preprocess
+from ..pipelines.stage import DialogueResult, RunContext, Stage, failed_dialogue
+from ..profiles import Profile, fetch_checkpoint, unavailable
+from ..store import Failure, FeatureReader
+
+FRAME_SET, MEAN_SET = "denseface_frame", "denseface_mean"
+SPEAKER_FACES = "speaker_faces"
+#: Crop side relative to the detector box's longer side: MTCNN boxes are tight, FER+/AffectNet
+#: training faces show a little forehead and chin around them.
+DEFAULT_CROP_SCALE = 1.2
+_FRAME, _TRACK, _BOX = COLUMNS.index("frame"), COLUMNS.index("track"), slice(2, 6)
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    """Everything that determines the visual features besides the corpus."""
+
+    checkpoint: str | None = None      # None: random weights from ``seed``
+    seed: int = 0
+    mean: float = M3ED_FACE_MEAN       # gray-value normalisation (x - mean) / std; authors' M3ED values
+    std: float = M3ED_FACE_STD
+    crop_scale: float = DEFAULT_CROP_SCALE
+    batch_size: int = 256
+
+
+def sha256_prefix(path: str | Path, n: int = 16) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:n]
+
+
+def resolve_checkpoint(profile: Profile, option: str | None) -> str | None:
+    """The FER checkpoint file to use, or None for random weights (random-init profiles only)."""
+    source = option or profile.fer_checkpoint
+    if source is None:
+        if profile.random_init:
+            return None
+        how = ("the M3ED authors' DenseNet FER checkpoint is not public; make one with `m3ed train-fer "
+               "--ferplus-csv fer2013.csv --ferplus-labels fer2013new.csv [--affectnet DIR] --out DIR` and pass "
+               "DIR/densenet_fer.pt with --fer-checkpoint (or use the paper-random profile)")
+        raise unavailable("DenseNet FER checkpoint", "(none given)", how)
+    return str(fetch_checkpoint(source, "DenseNet FER checkpoint", "--fer-checkpoint"))
+
+
+def build_model(config: FaceConfig) -> DenseNetFER:
+    if config.checkpoint is not None:
+        return DenseNetFER.from_checkpoint(config.checkpoint)
+    with torch.random.fork_rng(devices=[]):  # fixed weights without touching the global RNG
+        torch.manual_seed(config.seed)
+        return DenseNetFER().eval()
+
+
+def crop_face(frame_rgb: np.ndarray, box: np.ndarray, scale: float = DEFAULT_CROP_SCALE) -> np.ndarray:
+    """Gray uint8 ``[64, 64]``: a square of ``scale`` x the box's longer side around its centre."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1, 1.0) * scale
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    size = max(1, int(round(side)))
+    h, w = frame_rgb.shape[:2]
+    pad = max(0, -left, -top, left + size - w, top + size - h)
+    gray = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY)
+    if pad:
+        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    patch = gray[top + pad: top + pad + size, left + pad: left + pad + size]
+    interpolation = cv2.INTER_AREA if size > FACE_SIZE else cv2.INTER_LINEAR
+    return cv2.resize(patch, (FACE_SIZE, FACE_SIZE), interpolation=interpolation)
+
+
+class FaceStage(Stage):
+    name = "visual"
+    feature_sets = (FRAME_SET, MEAN_SET)
+
+    def __init__(self, config: FaceConfig, device: str = "cpu", fps: float = 25.0,
+                 speaker_faces_hash: str | None = None):
+        self.config = config
+        self.device = torch.device(device)
+        self.fps = fps
+        self.speaker_faces_hash = speaker_faces_hash  # new speaker faces (asd re-run) mean new features
+        self.model = build_model(config).to(self.device).eval()
+        self._checkpoint_sha = sha256_prefix(config.checkpoint) if config.checkpoint else None
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("visual stage (DenseNet FER on the speaker's face)")
+        group.add_argument("--fer-checkpoint", metavar="PATH", default=None,
+                           help="DenseNet FER state dict (features.*, classifier.*), e.g. from `m3ed train-fer`; "
+                                "required by the paper profile")
+        group.add_argument("--fer-mean", type=float, default=M3ED_FACE_MEAN,
+                           help=f"gray-value mean for (x - mean) / std (default: the authors' {M3ED_FACE_MEAN})")
+        group.add_argument("--fer-std", type=float, default=M3ED_FACE_STD,
+                           help=f"gray-value std (default: the authors' {M3ED_FACE_STD})")
+        group.add_argument("--fer-crop-scale", type=float, default=DEFAULT_CROP_SCALE,
+                           help=f"face crop side relative to the box's longer side (default {DEFAULT_CROP_SCALE})")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, context: RunContext) -> "FaceStage":
+        config = FaceConfig(
+            checkpoint=resolve_checkpoint(context.profile, getattr(args, "fer_checkpoint", None)),
+            seed=context.profile.seed,
+            mean=getattr(args, "fer_mean", M3ED_FACE_MEAN),
+            std=getattr(args, "fer_std", M3ED_FACE_STD),
+            crop_scale=getattr(args, "fer_crop_scale", DEFAULT_CROP_SCALE),
+        )
+        with open_speaker_faces(context) as faces:  # fail now, clearly, when the asd stage has not run
+            speaker_faces_hash = faces.attrs.get("config_hash")
+        return cls(config, context.device, context.media.timing.fps, speaker_faces_hash)
+
+    def provenance(self) -> dict:
+        c = self.config
+        return {"model": "densenet-bc-100-fer", "checkpoint": c.checkpoint, "checkpoint_sha256": self._checkpoint_sha,
+                "random_seed": None if c.checkpoint else c.seed, "mean": c.mean, "std": c.std,
+                "crop_scale": c.crop_scale, "fps": self.fps, "speaker_faces": self.speaker_faces_hash}
+
+    def attrs(self, feature_set: str) -> dict:
+        attrs = {"model_id": "densenet-bc-100-fer", "checkpoint": self.config.checkpoint or "",
+                 "checkpoint_sha256": self._checkpoint_sha or "", "normalisation_mean": self.config.mean,
+                 "normalisation_std": self.config.std, "crop_scale": self.config.crop_scale}
+        if feature_set == FRAME_SET:
+            attrs["frame_rate"] = self.fps  # rows are the frames (at this rate) where the speaker's face was found
+        return attrs
+
+    def process(self, dialogues: list[Dialogue], context: RunContext) -> Iterator[DialogueResult]:
+        with open_speaker_faces(context) as faces:
+            for dialogue in dialogues:
+                try:
+                    yield self._dialogue(dialogue, faces, context)
+                except (MediaError, OSError, ValueError) as e:
+                    yield failed_dialogue(dialogue, f"visual: {e}")
+
+    def _dialogue(self, dialogue: Dialogue, faces: FeatureReader, context: RunContext) -> DialogueResult:
+        result = DialogueResult(dialogue.id, features={FRAME_SET: {}, MEAN_SET: {}})
+        wanted = {}  # utterance id -> rows with a speaker face
+        for u in dialogue.utterances:
+            rows = faces.get(u.id)
+            if rows is None:
+                reason = "no speaker_faces entry for this utterance (the asd stage failed for it; see failures.jsonl)"
+            else:
+                rows = rows[rows[:, _TRACK] >= 0]
+                reason = f"no face of speaker {u.speaker} found in this utterance"
+            if rows is None or len(rows) == 0:
+                result.failures += [Failure(s, dialogue.id, u.id, reason) for s in self.feature_sets]
+            else:
+                wanted[u.id] = rows
+        if wanted:
+            crops = self._crops(dialogue, wanted, context, float(faces.attrs.get("frame_height") or 0))
+            for utt_id, feats in self._features(crops).items():
+                result.features[FRAME_SET][utt_id] = feats
+                result.features[MEAN_SET][utt_id] = feats.mean(axis=0)
+        return result
+
+    def _crops(self, dialogue: Dialogue, wanted: dict[str, np.ndarray], context: RunContext,
+               box_height: float) -> dict[str, list[np.ndarray]]:
+        """Decode the dialogue once and cut every wanted face; utterance id -> gray crops in frame order."""
+        by_frame: dict[int, list[tuple[str, np.ndarray]]] = defaultdict(list)
+        for utt_id, rows in wanted.items():
+            for row in rows[np.argsort(rows[:, _FRAME], kind="stable")]:
+                by_frame[int(row[_FRAME])].append((utt_id, row[_BOX]))
+        crops: dict[str, list[np.ndarray]] = defaultdict(list)
+        span = context.media.locate(dialogue)
+        index = 0
+        for chunk in context.media.frames(span, fps=self.fps):
+            for frame in chunk:
+                scale = frame.shape[0] / box_height if box_height else 1.0  # boxes may refer to scaled frames
+                for utt_id, box in by_frame.pop(index, []):
+                    crops[utt_id].append(crop_face(frame, box * scale, self.config.crop_scale))
+                index += 1
+            if not by_frame:
+                break  # every wanted frame is cut; stop decoding early
+        if by_frame:
+            missing = sorted(by_frame)
+            raise MediaError(f"dialogue {dialogue.id}: speaker faces refer to frames {missing[0]}..{missing[-1]} "
+                             f"but the video has only {index} frames at {self.fps} fps (is speaker_faces "
+                             f"from another video or timing?)")
+        return crops
+
+    @torch.inference_mode()
+    def _features(self, crops: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+        """Utterance id -> ``[n, 342]``, computed in batches across the dialogue's utterances."""
+        order = list(crops)
+        faces = np.stack([c for utt_id in order for c in crops[utt_id]])
+        out = np.zeros((len(faces), self.model.feature_dim), np.float32)
+        for first in range(0, len(faces), self.config.batch_size):
+            x = preprocess(faces[first:first + self.config.batch_size], self.config.mean, self.config.std)
+            out[first:first + len(x)] = self.model.forward_features(x.to(self.device)).float().cpu().numpy()
+        result, offset = {}, 0
+        for utt_id in order:
+            result[utt_id] = out[offset: offset + len(crops[utt_id])]
+            offset += len(crops[utt_id])
+        return result
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+
+
+def open_speaker_faces(context: RunContext) -> FeatureReader:
+    path = context.store.feature_path(SPEAKER_FACES)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the visual stage needs the speaker faces found by the asd stage; "
+                                f"run the asd stage first (e.g. `m3ed-extract --stages asd,visual ...` with "
+                                f"the same output directory)")
+    return FeatureReader(path)

@@ -1,0 +1,134 @@
+"""The visual stage on a real clip, with a speaker_faces file as the asd stage writes it."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from m3ed.asd.assign import COLUMNS
+from m3ed.corpus import Corpus, Dialogue, Utterance
+from m3ed.extract.face import FRAME_SET, MEAN_SET, SPEAKER_FACES, FaceStage, crop_face
+from m3ed.locate import MediaSource
+from m3ed.media import ffmpeg_exe
+from m3ed.pipelines.stage import RunContext
+from m3ed.profiles import ModelUnavailable, get_profile
+from m3ed.store import FeatureStore
+
+FACE_BOX = np.array([110, 30, 200, 130], np.float32)  # the astronaut's face in the 320x240 frames
+
+
+def make_clip(path: Path, frames: int = 50) -> Path:
+    """2 s of the astronaut photo (a real face) drifting right, H.264 at 25 fps."""
+    picture = cv2.resize(skimage.data.astronaut()[:384], (320, 240), interpolation=cv2.INTER_AREA)
+    data = b"".join(np.roll(picture, i // 10, axis=1).tobytes() for i in range(frames))
+    cmd = [ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "320x240", "-r", "25",
+           "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, input=data, check=True)
+    return path
+
+
+def speaker_face_rows(frames: range, box: np.ndarray | None) -> np.ndarray:
+    rows = np.full((len(frames), len(COLUMNS)), np.nan, np.float32)
+    rows[:, 0], rows[:, 1], rows[:, 7] = list(frames), -1, 0
+    if box is not None:
+        rows[:, 1], rows[:, 2:6], rows[:, 6], rows[:, 7] = 3, box, 0.95, 1
+    return rows
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory) -> RunContext:
+    root = tmp_path_factory.mktemp("visual")
+    videos = root / "videos"
+    videos.mkdir()
+    make_clip(videos / "clip_1.mp4")
+    dialogue = Dialogue("clip_1", "show", (
+        Utterance("clip_1_1", "clip_1", "A", 0.0, 0.8),   # A's face in every other frame
+        Utterance("clip_1_2", "clip_1", "B", 0.8, 1.6),   # B's face never found
+        Utterance("clip_1_3", "clip_1", "A", 1.6, 2.0),   # A's face in the first 3 frames only
+        Utterance("clip_1_4", "clip_1", "B", 1.6, 2.0),   # no speaker_faces entry (asd failed)
+    ), speakers={})
+    corpus = Corpus((dialogue,))
+    store = FeatureStore(root / "out")
+    rows1 = speaker_face_rows(range(0, 20), FACE_BOX)
+    rows1[::2, 1], rows1[::2, 2:7], rows1[::2, 7] = -1, np.nan, 0  # a face in every other frame
+    rows3 = speaker_face_rows(range(40, 50), FACE_BOX)
+    rows3[3:, 1], rows3[3:, 2:7], rows3[3:, 7] = -1, np.nan, 0
+    store.write_part(SPEAKER_FACES, "clip_1", {
+        "clip_1_1": rows1,
+        "clip_1_2": speaker_face_rows(range(20, 40), None),
+        "clip_1_3": rows3,
+    }, config="asd-test")
+    store.publish(SPEAKER_FACES, corpus, {"config_hash": "asd-test"})
+    return RunContext(corpus=corpus, media=MediaSource(videos), store=store, profile=get_profile("tiny"))
+
+
+@pytest.fixture(scope="module")
+def stage(context) -> FaceStage:
+    return FaceStage.from_args(argparse.Namespace(), context)
+
+
+@pytest.fixture(scope="module")
+def result(stage, context):
+    (result,) = stage.process(list(context.corpus), context)
+    return result
+
+
+def test_the_authors_densenet(stage):
+    assert sum(p.numel() for p in stage.model.parameters()) == 768_044
+    assert stage.model.feature_dim == 342
+
+
+def test_features_per_frame_with_a_face_and_their_mean(result):
+    assert result.error is None
+    frames, means = result.features[FRAME_SET], result.features[MEAN_SET]
+    assert set(frames) == set(means) == {"clip_1_1", "clip_1_3"}
+    assert frames["clip_1_1"].shape == (10, 342) and frames["clip_1_3"].shape == (3, 342)
+    assert frames["clip_1_1"].dtype == np.float32 and np.isfinite(frames["clip_1_1"]).all()
+    assert np.allclose(means["clip_1_1"], frames["clip_1_1"].mean(axis=0))
+    assert means["clip_1_3"].shape == (342,)
+
+
+def test_an_utterance_without_the_speakers_face_gets_no_key_and_a_reason(result):
+    reasons = {(f.feature_set, f.utterance_id): f.reason for f in result.failures}
+    assert set(reasons) == {(fs, u) for fs in (FRAME_SET, MEAN_SET) for u in ("clip_1_2", "clip_1_4")}
+    assert reasons[(FRAME_SET, "clip_1_2")] == "no face of speaker B found in this utterance"
+    assert "asd stage" in reasons[(MEAN_SET, "clip_1_4")]
+
+
+def test_provenance_and_attrs(stage):
+    provenance = stage.provenance()
+    assert provenance["mean"] == pytest.approx(89.936089) and provenance["std"] == pytest.approx(45.954746)
+    assert provenance["checkpoint"] is None and provenance["speaker_faces"] == "asd-test"
+    assert stage.attrs(FRAME_SET)["frame_rate"] == 25.0
+
+
+def test_normalisation_constants_are_options(context, stage):
+    other = FaceStage.from_args(argparse.Namespace(fer_mean=128.0, fer_std=64.0), context)
+    assert other.provenance()["mean"] == 128.0 and other.provenance()["std"] == 64.0
+    face = crop_face(np.asarray(skimage.data.astronaut()), FACE_BOX * 1.6)
+    mine, theirs = stage._features({"u": [face]})["u"], other._features({"u": [face]})["u"]
+    assert not np.allclose(mine, theirs)  # same weights (same seed), other normalisation
+
+
+def test_the_asd_stage_must_have_run(context, tmp_path):
+    bare = RunContext(corpus=context.corpus, media=context.media, store=FeatureStore(tmp_path), profile=context.profile)
+    with pytest.raises(FileNotFoundError, match="run the asd stage first"):
+        FaceStage.from_args(argparse.Namespace(), bare)
+
+
+def test_paper_profile_needs_a_checkpoint(context):
+    paper = RunContext(corpus=context.corpus, media=context.media, store=context.store, profile=get_profile("paper"))
+    with pytest.raises(ModelUnavailable, match="m3ed train-fer"):
+        FaceStage.from_args(argparse.Namespace(fer_checkpoint=None), paper)
+
+
+def test_crop_face_pads_outside_the_picture():
+    frame = np.full((100, 100, 3), 200, np.uint8)
+    crop = crop_face(frame, np.array([-20, -20, 30, 30], np.float32))
+    assert crop.shape == (64, 64) and crop.dtype == np.uint8
+    assert crop[0, 0] == 0 and crop[-1, -1] == 200  # zero padding top-left, picture bottom-right
