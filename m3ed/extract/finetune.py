@@ -1,0 +1,328 @@
+"""``m3ed finetune text|audio``: fine-tune an encoder + a linear classifier on the 7 emotions.
+
+The checkpoint is what the extractor reads for ``roberta_ft_cls`` / ``wav2vec2_ft_last``: the encoder
+(``save_pretrained``) with its tokenizer or feature extractor, ``classifier.pt`` (the linear head,
+rows in :data:`m3ed.corpus.EMOTIONS` order) and ``finetune.json`` (configuration and metrics).
+
+The classifier reads exactly the feature the extractor writes: the [CLS] state for text, the last
+time step for audio (as the authors' ``finetune_cls_*`` features). Training uses the train split;
+the epoch with the best validation weighted-F1 is kept; val and test weighted-F1 and macro-F1 of
+that epoch are reported (the paper: text 43.50 / 45.73, audio 48.56 / 45.92 weighted-F1 val / test).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+from tqdm import tqdm
+
+from ..corpus import EMOTIONS, Corpus
+from ..locate import MediaSource
+from ..media import SAMPLE_RATE
+from ..profiles import get_profile
+from .audio import decode_dialogue
+from .batching import BatchBudget, plan_batches
+from .hf_models import load_audio, load_text, model_spec, save_tokenizer
+
+log = logging.getLogger(__name__)
+
+PAPER_WEIGHTED_F1 = {"text": {"val": 43.50, "test": 45.73}, "audio": {"val": 48.56, "test": 45.92}}
+DEFAULTS = {"text": dict(lr=2e-5, batch_size=16), "audio": dict(lr=3e-5, batch_size=4)}
+
+
+@dataclass
+class FinetuneConfig:
+    modality: str                      # "text" or "audio"
+    out: Path
+    profile: str = "paper"
+    model: str | None = None           # another encoder (hub id or directory) than the profile's
+    epochs: int = 3
+    lr: float = 2e-5
+    batch_size: int = 16
+    class_weighted: bool = False       # cross-entropy weighted by inverse class frequency
+    device: str = "cpu"
+    max_steps: int | None = None       # stop after this many optimizer steps (smoke runs)
+    max_seconds: float = 10.0          # audio: training clips are cut to this length (memory)
+    seed: int = 0
+    progress: bool = True
+
+
+class EmotionClassifier(nn.Module):
+    """Encoder + dropout + linear head on one vector per utterance ([CLS] or the last valid frame)."""
+
+    def __init__(self, encoder: nn.Module, modality: str, dropout: float = 0.1):
+        super().__init__()
+        self.encoder, self.modality = encoder, modality
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, len(EMOTIONS))
+
+    def pooled(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.encoder(**inputs).last_hidden_state
+        if self.modality == "text":
+            return hidden[:, 0]
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            return hidden[:, -1]
+        lengths = self.encoder._get_feat_extract_output_lengths(mask.sum(-1)).long()
+        return hidden[torch.arange(len(hidden)), lengths.clamp(min=1) - 1]
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.dropout(self.pooled(inputs)))
+
+
+@dataclass
+class Example:
+    id: str
+    data: object      # text (str) or waveform (np.ndarray)
+    label: int
+    length: int
+
+
+@dataclass
+class Split:
+    examples: list[Example] = field(default_factory=list)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([e.label for e in self.examples])
+
+
+def text_examples(corpus: Corpus) -> list[Example]:
+    return [Example(u.id, u.text.strip(), u.label, len(u.text.strip())) for u in corpus.utterances()
+            if u.label >= 0 and u.text.strip()]
+
+
+def audio_examples(corpus: Corpus, media: MediaSource, max_seconds: float, min_samples: int) -> list[Example]:
+    """Utterance audio, each dialogue decoded once; dialogues whose media fail are named and skipped."""
+    examples = []
+    limit = int(max_seconds * SAMPLE_RATE)
+    for dialogue in corpus:
+        decoded = decode_dialogue(media, dialogue)
+        if decoded.error:
+            log.warning("finetune: skipping %s", decoded.error)
+            continue
+        for u in dialogue.utterances:
+            wave = decoded.waves[u.id][:limit]
+            if u.label >= 0 and len(wave):
+                wave = np.pad(wave, (0, max(0, min_samples - len(wave))))
+                examples.append(Example(u.id, wave, u.label, len(wave)))
+    return examples
+
+
+class Trainer:
+    """Builds batches, trains with early selection on validation weighted-F1, saves the best epoch."""
+
+    def __init__(self, config: FinetuneConfig):
+        self.config = config
+        torch.manual_seed(config.seed)
+        spec = model_spec(get_profile(config.profile), config.modality, config.model)
+        option = "--model"
+        if config.modality == "text":
+            self.processor, encoder = load_text(spec, option)
+        else:
+            self.processor, encoder = load_audio(spec, option)
+            if hasattr(encoder, "freeze_feature_encoder"):
+                encoder.freeze_feature_encoder()  # the conv front end stays fixed, as in wav2vec2 fine-tuning
+        self.spec = spec
+        self.model = EmotionClassifier(encoder, config.modality).to(config.device)
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if config.device.startswith("cuda") else None
+
+    def inputs(self, batch: list[Example]) -> dict[str, torch.Tensor]:
+        if self.config.modality == "text":
+            encoded = self.processor([e.data for e in batch], padding=True, truncation=True,
+                                     max_length=min(512, self.processor.model_max_length), return_tensors="pt")
+        else:
+            encoded = self.processor([e.data for e in batch], sampling_rate=SAMPLE_RATE, padding=True,
+                                     return_attention_mask=getattr(self.processor, "return_attention_mask", False),
+                                     return_tensors="pt")
+        return {k: v.to(self.config.device) for k, v in encoded.items()}
+
+    def logits(self, batch: list[Example]) -> torch.Tensor:
+        with self.amp if self.amp else torch.autocast("cpu", enabled=False):
+            return self.model(self.inputs(batch)).float()
+
+    def predict(self, split: Split) -> np.ndarray:
+        self.model.eval()
+        budget = BatchBudget(max_items=max(1, self.config.batch_size * 2), max_padded=10**12,
+                             equal_length_only=self.config.modality == "audio" and not self._mask_invariant())
+        predictions = np.zeros(len(split.examples), int)
+        with torch.inference_mode():
+            for batch in plan_batches([e.length for e in split.examples], budget):
+                predictions[batch] = self.logits([split.examples[i] for i in batch]).argmax(-1).cpu().numpy()
+        return predictions
+
+    def _mask_invariant(self) -> bool:
+        config = self.model.encoder.config
+        return getattr(config, "feat_extract_norm", "") == "layer" and getattr(self.processor, "return_attention_mask", False)
+
+    def evaluate(self, split: Split) -> dict[str, float]:
+        if not split.examples:
+            return {"weighted_f1": float("nan"), "macro_f1": float("nan"), "n": 0}
+        predicted = self.predict(split)
+        labels = list(range(len(EMOTIONS)))
+        return {"weighted_f1": 100 * f1_score(split.labels, predicted, labels=labels, average="weighted", zero_division=0),
+                "macro_f1": 100 * f1_score(split.labels, predicted, labels=labels, average="macro", zero_division=0),
+                "n": len(split.examples)}
+
+    def loss_function(self, train: Split) -> nn.Module:
+        if not self.config.class_weighted:
+            return nn.CrossEntropyLoss()
+        counts = np.bincount(train.labels, minlength=len(EMOTIONS)).astype(np.float64)
+        weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(EMOTIONS), 0.0)
+        return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=self.config.device))
+
+    def fit(self, splits: dict[str, Split]) -> dict:
+        c = self.config
+        train = splits["train"]
+        if not train.examples:
+            raise ValueError("finetune: the train split has no labelled utterances (check --splits and the annotations)")
+        optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=c.lr)
+        criterion = self.loss_function(train)
+        rng = np.random.default_rng(c.seed)
+        best: dict | None = None
+        history, step = [], 0
+        for epoch in range(1, c.epochs + 1):
+            self.model.train()
+            order = rng.permutation(len(train.examples))
+            batches = [order[i:i + c.batch_size] for i in range(0, len(order), c.batch_size)]
+            losses = []
+            for batch in tqdm(batches, desc=f"epoch {epoch}", disable=not c.progress, unit="batch"):
+                examples = [train.examples[i] for i in batch]
+                loss = criterion(self.logits(examples), torch.tensor([e.label for e in examples], device=c.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                step += 1
+                if c.max_steps and step >= c.max_steps:
+                    break
+            record = {"epoch": epoch, "steps": step, "train_loss": float(np.mean(losses)),
+                      "val": self.evaluate(splits["val"]), "test": self.evaluate(splits["test"])}
+            history.append(record)
+            log.info("epoch %d: loss %.4f val wF1 %.2f", epoch, record["train_loss"], record["val"]["weighted_f1"])
+            if best is None or _better(record["val"]["weighted_f1"], best["val"]["weighted_f1"]):
+                best = record
+                self.save(record, history)
+            if c.max_steps and step >= c.max_steps:
+                break
+        return {"best": best, "history": history}
+
+    def save(self, best: dict, history: list[dict]) -> None:
+        """The checkpoint directory, replaced whole (written beside it, then renamed)."""
+        out = Path(self.config.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        self.model.encoder.save_pretrained(tmp)
+        if self.config.modality == "text":
+            save_tokenizer(self.processor, tmp)
+        else:
+            self.processor.save_pretrained(tmp)
+        torch.save(self.model.head.state_dict(), tmp / "classifier.pt")
+        record = {"modality": self.config.modality, "base_model": self.spec.name, "base_revision": self.spec.revision,
+                  "labels": list(EMOTIONS), "pooling": "[CLS]" if self.config.modality == "text" else "last time step",
+                  "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
+                  "best_epoch": best["epoch"], "metrics": {"val": best["val"], "test": best["test"]}, "history": history}
+        (tmp / "finetune.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+
+
+def _better(value: float, best: float) -> bool:
+    return not np.isnan(value) and (np.isnan(best) or value > best)
+
+
+def load_classifier(directory: str | Path, modality: str) -> EmotionClassifier:
+    """A saved checkpoint back as an :class:`EmotionClassifier` (encoder + head)."""
+    from .hf_models import ModelSpec
+
+    spec = ModelSpec(str(directory))
+    _, encoder = (load_text if modality == "text" else load_audio)(spec, "--text-finetuned" if modality == "text" else "--audio-finetuned")
+    model = EmotionClassifier(encoder, modality)
+    model.head.load_state_dict(torch.load(Path(directory) / "classifier.pt", map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def format_table(modality: str, best: dict) -> str:
+    paper = PAPER_WEIGHTED_F1[modality]
+    rows = [f"{'split':<6} {'weighted-F1':>12} {'macro-F1':>9} {'paper wF1':>10} {'n':>6}"]
+    for split in ("val", "test"):
+        m = best[split]
+        rows.append(f"{split:<6} {m['weighted_f1']:>12.2f} {m['macro_f1']:>9.2f} {paper[split]:>10.2f} {m['n']:>6}")
+    return "\n".join(rows)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from ..pipelines.cli import load_corpus_from_args, media_from_args
+
+    modality = args.modality
+    corpus = load_corpus_from_args(args)
+    config = FinetuneConfig(
+        modality=modality, out=args.out, profile=args.profile, model=args.model, epochs=args.epochs,
+        lr=args.lr or DEFAULTS[modality]["lr"], batch_size=args.batch_size or DEFAULTS[modality]["batch_size"],
+        class_weighted=args.class_weighted, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        max_steps=args.max_steps, max_seconds=args.max_seconds, seed=args.seed, progress=not args.no_progress)
+    started = time.perf_counter()
+    trainer = Trainer(config)
+    if modality == "text":
+        examples = text_examples(corpus)
+    else:
+        examples = audio_examples(corpus, media_from_args(args), config.max_seconds,
+                                  _receptive_field(trainer.model.encoder.config))
+    split_of = {u.id: d.split for d in corpus for u in d.utterances}
+    splits = {name: Split([e for e in examples if split_of[e.id] == name]) for name in ("train", "val", "test")}
+    print(f"finetune {modality}: {', '.join(f'{k} {len(v.examples)}' for k, v in splits.items())} labelled utterances")
+    result = trainer.fit(splits)
+    metrics_path = Path(config.out) / "metrics.json"
+    metrics_path.write_text(json.dumps({"modality": modality, "best_epoch": result["best"]["epoch"],
+                                        "val": result["best"]["val"], "test": result["best"]["test"],
+                                        "paper_weighted_f1": PAPER_WEIGHTED_F1[modality],
+                                        "seconds": round(time.perf_counter() - started, 1)}, indent=2) + "\n")
+    print(format_table(modality, result["best"]))
+    print(f"checkpoint: {config.out} (use it with --{modality}-finetuned {config.out})")
+    return 0
+
+
+def _receptive_field(config) -> int:
+    field_ = 1
+    for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
+        field_ = (field_ - 1) * stride + kernel
+    return field_
+
+
+def add_finetune_parser(subparsers) -> None:
+    from ..pipelines.cli import add_corpus_arguments, add_media_arguments
+    from ..profiles import PROFILES
+
+    parser = subparsers.add_parser("finetune", help="fine-tune the text or audio encoder on the emotions "
+                                   "(checkpoints for roberta_ft_cls / wav2vec2_ft_last)")
+    modalities = parser.add_subparsers(dest="modality", required=True)
+    for modality in ("text", "audio"):
+        p = modalities.add_parser(modality, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                  help=f"fine-tune the {modality} encoder + a linear classifier")
+        add_corpus_arguments(p)
+        if modality == "audio":
+            add_media_arguments(p)
+            p.add_argument("--max-seconds", type=float, default=10.0, help="training clips are cut to this length")
+        p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+        p.add_argument("--profile", choices=sorted(PROFILES), default="paper", help="base encoder weights")
+        p.add_argument("--model", help="another base encoder (hub id or directory) than the profile's")
+        p.add_argument("--epochs", type=int, default=3)
+        p.add_argument("--lr", type=float, help=f"learning rate (default {DEFAULTS[modality]['lr']})")
+        p.add_argument("--batch-size", type=int, help=f"utterances per step (default {DEFAULTS[modality]['batch_size']})")
+        p.add_argument("--class-weighted", action="store_true", help="weight the loss by inverse class frequency")
+        p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available); bf16 autocast on CUDA")
+        p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.set_defaults(func=run_finetune, modality=modality, max_seconds=10.0)

@@ -1,0 +1,136 @@
+"""Audio stage: real tiny Wav2Vec2 models with a real feature-extractor config, real Mandarin speech."""
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+from m3ed.corpus import Corpus, Dialogue, Utterance
+from m3ed.extract.audio import FRAME, FT_LAST, MEAN, NO_AUDIO, AudioConfig, AudioEncoder, AudioStage
+from m3ed.extract.batching import BatchBudget
+from m3ed.extract.hf_models import XLSR_FEATURES, XLSR_TINY, ModelSpec, model_spec
+from m3ed.locate import MediaSource, Timing
+from m3ed.pipelines.stage import RunContext
+from m3ed.profiles import ModelUnavailable, get_profile
+from m3ed.store import FeatureStore
+
+SPEECH = Path(__file__).parent / "data" / "mandarin_16k.wav"   # espeak-ng -v cmn-latn-pinyin, 5 s
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return read_wav(SPEECH)
+
+
+@pytest.fixture(scope="module")
+def tiny_audio(models_cache) -> ModelSpec:
+    return model_spec(get_profile("tiny"), "audio")
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_audio) -> AudioEncoder:
+    return AudioEncoder(tiny_audio, budget=BatchBudget(8, 16000 * 20))
+
+
+def test_saved_model_has_the_xlsr_preprocessing(tiny_audio, encoder):
+    assert Path(tiny_audio.name, "preprocessor_config.json").exists()
+    assert encoder.features.do_normalize and encoder.use_mask and encoder.features.sampling_rate == 16000
+    assert (encoder.field, encoder.hop, encoder.frame_rate) == (400, 320, 50.0)
+    assert not encoder.budget.equal_length_only  # layer-norm front end + masks: lengths may be mixed
+
+
+def test_batched_equals_one_by_one(encoder, speech):
+    waves = [speech[:7000], speech[3000:40000], speech, speech[10000:10900]]
+    batched = encoder.encode(waves)
+    for w, together in zip(waves, batched):
+        alone = encoder.encode([w])[0]
+        assert together.shape == alone.shape == (encoder.num_frames(len(w)), 32)
+        assert relative_error(together, alone) < 1e-4
+
+
+def test_group_norm_models_are_never_padded(tmp_path, speech):
+    # Base-style front end: GroupNorm over time and no attention mask, so padding would change features.
+    config = Wav2Vec2Config(**{**XLSR_TINY, "feat_extract_norm": "group", "do_stable_layer_norm": False})
+    Wav2Vec2Model(config).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(**{**XLSR_FEATURES, "return_attention_mask": False}).save_pretrained(tmp_path)
+    group = AudioEncoder(ModelSpec(str(tmp_path)))
+    assert group.budget.equal_length_only
+    waves = [speech[:8000], speech[:20000], speech[5000:13000]]
+    batched = group.encode(waves)
+    for w, together in zip(waves, batched):
+        assert relative_error(together, group.encode([w])[0]) < 1e-4
+    padded = group.features([waves[0], waves[1]], sampling_rate=16000, padding=True, return_tensors="pt")
+    naive = group.model(**padded).last_hidden_state[0, : len(batched[0])].detach().numpy()
+    assert relative_error(naive, batched[0]) > 1e-3  # what equal-length batching avoids
+
+
+def test_very_short_and_very_long_audio(encoder, speech):
+    short, = encoder.encode([speech[8000:8160]])             # 0.01 s: padded to one receptive field
+    assert short.shape == (1, 32) and np.isfinite(short).all()
+    long_wave = np.tile(speech, 36)[: 180 * 16000]              # 3 minutes: 30 s windows
+    frames, = encoder.encode([long_wave])
+    assert frames.shape == (encoder.num_frames(len(long_wave)), 32) and np.isfinite(frames).all()
+    # Frames well inside the first window are those of the first 30 s alone.
+    assert relative_error(frames[100:500], encoder.encode([long_wave[: 30 * 16000]])[0][100:500]) < 1e-4
+
+
+def dialogue_on(media: Path, dialogue_id: str, spans: list[tuple[float, float]]) -> Dialogue:
+    utterances = tuple(Utterance(f"{dialogue_id}_{i}", dialogue_id, "A", s, e, "好") for i, (s, e) in enumerate(spans, 1))
+    return Dialogue(dialogue_id, "show", utterances, video=str(media))
+
+
+def context(tmp_path: Path, dialogues: list[Dialogue]) -> RunContext:
+    return RunContext(Corpus(tuple(dialogues)), MediaSource(None, timing=Timing(audio_shift=0.0)),
+                      FeatureStore(tmp_path / "out"), get_profile("tiny"))
+
+
+def test_stage_decodes_once_and_reports_per_utterance(tmp_path, tiny_audio, speech):
+    good = dialogue_on(SPEECH, "d1", [(0.2, 1.4), (1.5, 1.51), (2.0, 4.9), (9.0, 10.0)])
+    missing = dialogue_on(tmp_path / "nowhere.mp4", "d2", [(0.0, 1.0)])
+    stage = AudioStage(AudioConfig(tiny_audio, mean_max_seconds=1.0))
+    try:
+        results = list(stage.process([good, missing], context(tmp_path, [good, missing])))
+    finally:
+        stage.close()
+    first, second = results
+    frames = first.features[FRAME]
+    assert frames["d1_1"].shape == (stage._encoder("base").num_frames(round(1.2 * 16000)), 32)
+    assert frames["d1_2"].shape == (1, 32)                       # 10 ms, padded to 400 samples
+    np.testing.assert_allclose(first.features[MEAN]["d1_3"], frames["d1_3"][:50].mean(axis=0), rtol=1e-6)
+    assert "d1_4" not in frames and {f.reason for f in first.failures} == {NO_AUDIO}
+    assert second.error and "d2" in second.error and "nowhere" in second.error
+    np.testing.assert_allclose(frames["d1_1"], stage._encoder("base").encode([speech[3200:22400]])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_fine_tuned_last_step_with_the_authors_fixed_length(tmp_path, tiny_audio, speech):
+    clip = dialogue_on(SPEECH, "d1", [(0.2, 1.4), (0.5, 4.9)])
+    stage = AudioStage(AudioConfig(tiny_audio, finetuned=tiny_audio.name, ft_seconds=4.0))
+    result, = stage.process([clip], context(tmp_path, [clip]))
+    stage.close()
+    assert stage.feature_sets == (FRAME, MEAN, FT_LAST)
+    fixed = np.pad(speech[3200:22400], (0, 4 * 16000 - 19200))  # 1.2 s zero-padded to 4 s
+    expected = AudioEncoder(tiny_audio).encode([fixed])[0][-1]
+    np.testing.assert_allclose(result.features[FT_LAST]["d1_1"], expected, rtol=1e-4, atol=1e-5)
+    assert not stage._encoders  # close() released the models
+
+
+def test_missing_and_corrupted_models_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailable, match="--audio-model"):
+        AudioEncoder(ModelSpec("m3ed-tests/never-cached-wav2vec2"))
+    (tmp_path / "config.json").write_text('{"model_type": "wav2vec2"}')
+    (tmp_path / "preprocessor_config.json").write_text("{broken")
+    with pytest.raises(ModelUnavailable, match=str(tmp_path)):
+        AudioEncoder(ModelSpec(str(tmp_path)))

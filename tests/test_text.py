@@ -1,0 +1,101 @@
+"""Text stage: real tiny BERT models saved with save_pretrained and loaded back (offline)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from transformers import BertTokenizer
+
+from m3ed.corpus import Corpus, Dialogue, Utterance
+from m3ed.extract.hf_models import BERT_CHINESE, ModelSpec, chinese_vocab, local_model_dir, model_spec
+from m3ed.extract.text import EMPTY_TEXT, FRAME, MEAN, TextConfig, TextEncoder, TextStage
+from m3ed.profiles import ModelUnavailable, get_profile
+
+SENTENCES = ["你怎么才回来？都快十点了。", "对不起", "今天……啊！是你的生日！OK 2024", "算了吧，你每次都这么说。我真的忘了。"]
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+@pytest.fixture(scope="module")
+def tiny_text(models_cache) -> ModelSpec:
+    return model_spec(get_profile("tiny"), "text")
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_text) -> TextEncoder:
+    return TextEncoder(tiny_text)
+
+
+def dialogue(texts: list[str], dialogue_id: str = "d1") -> Dialogue:
+    utterances = tuple(Utterance(f"{dialogue_id}_{i}", dialogue_id, "A", i, i + 1.0, text) for i, text in enumerate(texts, 1))
+    return Dialogue(dialogue_id, "show", utterances)
+
+
+def test_chinese_vocabulary_is_character_level():
+    vocab = chinese_vocab()
+    assert len(vocab) == BERT_CHINESE["vocab_size"] == len(set(vocab))
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert {"你", "龘", "，", "a", "##b"} <= set(vocab)
+
+
+def test_saved_tiny_model_loads_with_bert_tokenizer(tiny_text):
+    directory = local_model_dir(get_profile("tiny"), "text")
+    assert str(directory) == tiny_text.name and (directory / "vocab.txt").exists()
+    tokenizer = BertTokenizer.from_pretrained(directory)
+    tokens = tokenizer.tokenize(SENTENCES[0])
+    assert tokens == list("你怎么才回来？都快十点了。") and "[UNK]" not in tokens
+
+
+def test_batched_equals_one_by_one(encoder):
+    batched = encoder.encode(SENTENCES, ["a", "b", "c", "d"])
+    for text, together in zip(SENTENCES, batched):
+        alone = encoder.encode([text], ["x"])[0]
+        assert together.hidden.shape == alone.hidden.shape
+        assert relative_error(together.hidden, alone.hidden) < 1e-4
+
+
+def test_stage_features_truncation_and_empty_text(tiny_text, caplog):
+    long_text = "好" * 600
+    stage = TextStage(TextConfig(tiny_text, batch_tokens=256))
+    dialogues = [dialogue(SENTENCES[:2] + ["", "   "]), dialogue([long_text, SENTENCES[2]], "d2")]
+    with caplog.at_level(logging.WARNING):
+        results = list(stage.process(dialogues, context=None))
+    assert [r.dialogue_id for r in results] == ["d1", "d2"]
+    frames = results[0].features[FRAME]
+    assert frames["d1_1"].shape == (len(SENTENCES[0]), 32)   # one token per character, no [CLS]/[SEP]
+    np.testing.assert_allclose(results[0].features[MEAN]["d1_1"], frames["d1_1"].mean(axis=0), rtol=1e-6)
+    assert "d1_3" not in frames and "d1_4" not in frames
+    assert {(f.feature_set, f.utterance_id, f.reason) for f in results[0].failures} == {
+        (s, u, EMPTY_TEXT) for s in (FRAME, MEAN) for u in ("d1_3", "d1_4")}
+    assert results[1].features[FRAME]["d2_1"].shape == (510, 32)  # 512 with [CLS] and [SEP]
+    assert "d2_1" in caplog.text and "truncated" in caplog.text
+
+
+def test_other_layer_and_its_validation(tiny_text, encoder):
+    first = TextEncoder(tiny_text, layer=1).encode(SENTENCES[:1], ["a"])[0]
+    last = encoder.encode(SENTENCES[:1], ["a"])[0]
+    assert first.hidden.shape == last.hidden.shape and relative_error(first.hidden, last.hidden) > 1e-3
+    np.testing.assert_allclose(TextEncoder(tiny_text, layer=-1).encode(SENTENCES[:1], ["a"])[0].hidden, last.hidden, rtol=1e-5)
+    with pytest.raises(ValueError, match="--text-layer 7"):
+        TextEncoder(tiny_text, layer=7)
+
+
+def test_provenance_names_model_and_layer(tiny_text):
+    stage = TextStage(TextConfig(tiny_text, layer=1))
+    assert stage.provenance()["model"] == tiny_text.name and stage.provenance()["layer"] == 1
+    assert stage.feature_sets == (FRAME, MEAN)
+
+
+def test_corrupted_checkpoint_gives_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelUnavailable, match=str(tmp_path)):
+        TextEncoder(ModelSpec(str(tmp_path)))
+
+
+def test_offline_uncached_hub_id_gives_documented_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailable, match="--text-model"):
+        TextEncoder(ModelSpec("m3ed-tests/never-cached-model"))
