@@ -297,10 +297,10 @@ def train(data: dict[str, FaceSet], config: TrainConfig, out_dir: str | Path) ->
                 break
         schedule.step()
         val = evaluate(model, valset, config) if valset is not None and len(valset) else None
-        history.append({"epoch": epoch, "steps": steps, "loss": float(loss), "val": val})
-        print(f"epoch {epoch}: loss {float(loss):.4f}" + (f", val WA {val['WA']:.4f} F1 {val['F1']:.4f}" if val else ""))
+        history.append({"epoch": epoch, "steps": steps, "loss": float(loss.detach()), "val": val})
+        print(f"epoch {epoch}: loss {float(loss.detach()):.4f}" + (f", val WA {val['WA']:.4f} F1 {val['F1']:.4f}" if val else ""))
         if val is None or best is None or val["F1"] > best["F1"]:  # without validation: the latest epoch
-            best, best_state, waited = {"epoch": epoch, "F1": val["F1"] if val else None}, _copy_state(model), 0
+            best, best_state, waited = {"epoch": epoch, "F1": val["F1"] if val else None, "val": val}, _copy_state(model), 0
         else:
             waited += 1
         if waited > config.patience or (config.max_steps and steps >= config.max_steps):
@@ -311,7 +311,7 @@ def train(data: dict[str, FaceSet], config: TrainConfig, out_dir: str | Path) ->
         "checkpoint": str(out_dir / CHECKPOINT_NAME), "classes": list(FER_PLUS_CLASSES), "config": asdict(config),
         "sizes": {split: len(faces) for split, faces in data.items()},
         "best_epoch": best["epoch"], "steps": steps, "seconds": round(time.time() - started, 1),
-        "val": evaluate(model, valset, config) if valset is not None and len(valset) else None,
+        "val": best["val"],  # computed on the kept weights during training
         "test": evaluate(model, data["test"], config) if len(data.get("test", FaceSet.empty())) else None,
         "history": history,
         "metric_definitions": {"WA": "overall accuracy", "UA": "macro recall", "F1": "macro F1"},

@@ -1,0 +1,67 @@
+"""Face model throughput on this machine, random weights (same cost as the real ones):
+
+- ``face_embed``: facenet-pytorch InceptionResnetV1 identity embeddings, 160x160 RGB (asd stage 2);
+- ``fer``: the authors' DenseNet-BC-100 FER features, 64x64 gray (visual stage).
+
+Writes ``bench/results.json`` keys ``face_embed`` and ``fer``. Run with ``python bench/bench_visual.py``.
+Faces are real (the astronaut photo, shifted); batches are timed after one warm-up batch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import cv2
+import numpy as np
+import skimage.data
+import torch
+from common import merge_results, peak_rss_mb, table
+
+from m3ed.asd.embed import EMBED_SIZE, FaceEmbedder
+from m3ed.extract.face import FaceConfig, FaceStage
+from m3ed.profiles import get_profile
+
+
+def faces(n: int, size: int, gray: bool) -> np.ndarray:
+    image = skimage.data.astronaut()
+    crops = [cv2.resize(np.ascontiguousarray(image[20 + i % 9:220 + i % 9, 150:350]), (size, size)) for i in range(n)]
+    out = np.stack(crops)
+    return np.stack([cv2.cvtColor(c, cv2.COLOR_RGB2GRAY) for c in out]) if gray else out
+
+
+def throughput(fn, batch: np.ndarray, repeats: int) -> float:
+    fn(batch)  # warm-up: first calls pay for kernel selection
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn(batch)
+    return repeats * len(batch) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    common = {"device": "cpu", "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "batch": args.batch,
+              "weights": "random (paper-random profile)", "load_average_1min": round(os.getloadavg()[0], 2)}
+
+    embedder = FaceEmbedder(get_profile("paper-random"), "cpu", batch_size=args.batch)
+    embed_fps = throughput(embedder.embed, faces(args.batch, EMBED_SIZE, gray=False), args.repeats)
+    fer = FaceStage(FaceConfig(batch_size=args.batch))
+    fer_fps = throughput(lambda b: fer._features({"u": list(b)}), faces(args.batch, 64, gray=True), args.repeats)
+
+    rows = [{"model": "InceptionResnetV1 (face_embed)", "input": "160x160 RGB", "faces_per_s": round(embed_fps, 1)},
+            {"model": "DenseNet-BC-100 FER (fer)", "input": "64x64 gray", "faces_per_s": round(fer_fps, 1)}]
+    print(table(rows, ["model", "input", "faces_per_s"]))
+    merge_results("face_embed", {**common, "model": "facenet-pytorch InceptionResnetV1", "input": "160x160x3",
+                                 "faces_per_s": round(embed_fps, 1), "peak_rss_mb": round(peak_rss_mb(), 1)})
+    merge_results("fer", {**common, "model": "DenseNet-BC-100 (768,044 parameters)", "input": "64x64x1",
+                          "faces_per_s": round(fer_fps, 1), "peak_rss_mb": round(peak_rss_mb(), 1)})
+
+
+if __name__ == "__main__":
+    main()
