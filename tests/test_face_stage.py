@@ -132,3 +132,18 @@ def test_crop_face_pads_outside_the_picture():
     crop = crop_face(frame, np.array([-20, -20, 30, 30], np.float32))
     assert crop.shape == (64, 64) and crop.dtype == np.uint8
     assert crop[0, 0] == 0 and crop[-1, -1] == 200  # zero padding top-left, picture bottom-right
+
+
+def test_through_the_runner_into_published_files(context):
+    from m3ed.pipelines.extract import run_extraction
+    from m3ed.store import FeatureReader
+
+    record = run_extraction(context.corpus, context, ["visual"], argparse.Namespace(), progress=False)
+    assert record["stages"]["visual"]["dialogues_done"] == 1
+    with FeatureReader(context.store.feature_path(FRAME_SET)) as frames:
+        assert sorted(frames.keys()) == ["clip_1_1", "clip_1_3"] and frames.dim == 342
+        assert frames.attrs["normalisation_std"] == pytest.approx(45.954746)
+    with FeatureReader(context.store.feature_path(MEAN_SET)) as means:
+        assert means["clip_1_1"].shape == (342,)
+    failed = {(f.feature_set, f.utterance_id) for f in context.store.read_failures()}
+    assert (FRAME_SET, "clip_1_2") in failed and (MEAN_SET, "clip_1_4") in failed

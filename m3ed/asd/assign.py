@@ -97,6 +97,7 @@ def assign_speakers(dialogue: Dialogue, tracks: Sequence[TrackLike], scores: Seq
 
     stage1 = {u.id: _stage1(frames[u.id], faces_at, probs, params) for u in dialogue.utterances}
     banks = _speaker_banks(dialogue, stage1, filled)
+    # A speaker needs at least one stage-1 face to be matched at all, whatever min_stage1_faces says.
     known = {s: bank for s, (bank, count) in banks.items() if count >= max(1, params.min_stage1_faces)}
 
     result: dict[str, np.ndarray] = {}

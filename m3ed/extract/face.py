@@ -177,15 +177,15 @@ class FaceStage(Stage):
             else:
                 wanted[u.id] = rows
         if wanted:
-            crops = self._crops(dialogue, wanted, context, float(faces.attrs.get("frame_height") or 0))
+            crops = self._crops(dialogue, wanted, context)
             for utt_id, feats in self._features(crops).items():
                 result.features[FRAME_SET][utt_id] = feats
                 result.features[MEAN_SET][utt_id] = feats.mean(axis=0)
         return result
 
-    def _crops(self, dialogue: Dialogue, wanted: dict[str, np.ndarray], context: RunContext,
-               box_height: float) -> dict[str, list[np.ndarray]]:
-        """Decode the dialogue once and cut every wanted face; utterance id -> gray crops in frame order."""
+    def _crops(self, dialogue: Dialogue, wanted: dict[str, np.ndarray], context: RunContext) -> dict[str, list[np.ndarray]]:
+        """Decode the dialogue once (native size: boxes are in original pixels) and cut every wanted
+        face; utterance id -> gray crops in frame order."""
         by_frame: dict[int, list[tuple[str, np.ndarray]]] = defaultdict(list)
         for utt_id, rows in wanted.items():
             for row in rows[np.argsort(rows[:, _FRAME], kind="stable")]:
@@ -195,9 +195,8 @@ class FaceStage(Stage):
         index = 0
         for chunk in context.media.frames(span, fps=self.fps):
             for frame in chunk:
-                scale = frame.shape[0] / box_height if box_height else 1.0  # boxes may refer to scaled frames
                 for utt_id, box in by_frame.pop(index, []):
-                    crops[utt_id].append(crop_face(frame, box * scale, self.config.crop_scale))
+                    crops[utt_id].append(crop_face(frame, box, self.config.crop_scale))
                 index += 1
             if not by_frame:
                 break  # every wanted frame is cut; stop decoding early

@@ -200,6 +200,8 @@ def _affectnet_folders(root: Path) -> dict[str, FaceSet]:
 def _affectnet_csv(path: Path, images_root: Path) -> FaceSet:
     items = []
     for line, row in enumerate(_read_csv(path, ("subDirectory_filePath", "expression")), start=2):
+        if not row["expression"].isdigit():
+            raise FerDataError(f"{path}:{line}: expression {row['expression']!r} is not an AffectNet code 0-10")
         label = AFFECTNET_TO_FERPLUS.get(int(row["expression"]))
         if label is None:
             continue
@@ -337,10 +339,11 @@ def add_train_fer_parser(subparsers) -> argparse.ArgumentParser:
     data.add_argument("--affectnet-images", metavar="DIR", help="root of the AffectNet CSV's subDirectory_filePath")
     parser.add_argument("--out", required=True, metavar="DIR", help=f"writes {CHECKPOINT_NAME} and {METRICS_NAME}")
     defaults = TrainConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--patience", type=int, default=defaults.patience)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="most epochs (authors: 200)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="authors: 64")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate, halved every 40 epochs")
+    parser.add_argument("--patience", type=int, default=defaults.patience,
+                        help="stop after this many epochs without a better validation macro-F1")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--mean", type=float, default=defaults.mean, help="gray-value normalisation mean")
     parser.add_argument("--std", type=float, default=defaults.std, help="gray-value normalisation std")
