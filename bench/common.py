@@ -1,0 +1,44 @@
+"""Helpers shared by the benchmark scripts: results file, memory, a longer test video."""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "results.json"
+SAMPLE_VIDEOS = REPO / "samples" / "videos"
+
+
+def merge_results(key: str, value) -> None:
+    """Store ``value`` under ``key`` in bench/results.json, keeping the other benchmarks' keys."""
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data[key] = value
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def long_episode(path: Path, seconds: float = 60.0, height: int = 720) -> Path:
+    """A longer episode at a realistic resolution: the sample's main episode looped and upscaled."""
+    from m3ed.media import ffmpeg_exe
+
+    if path.exists():
+        return path
+    source = max(SAMPLE_VIDEOS.glob("*.mp4"), key=lambda p: p.stat().st_size)
+    subprocess.run([ffmpeg_exe(), "-y", "-v", "error", "-stream_loop", "-1", "-i", str(source), "-t", str(seconds),
+                    "-vf", f"scale=-2:{height}", "-af", "apad", "-c:v", "libx264", "-preset", "veryfast", "-g", "250",
+                    "-c:a", "aac", str(path)], check=True)
+    return path
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in columns]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(columns, widths)) for r in rows]
+    return "\n".join(lines)
