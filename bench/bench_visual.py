@@ -42,25 +42,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    common = {"device": "cpu", "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "batch": args.batch,
-              "weights": "random (paper-random profile)", "load_average_1min": round(os.getloadavg()[0], 2)}
+    default_threads = torch.get_num_threads()
+    common = {"device": "cpu", "cpus": os.cpu_count(), "batch": args.batch, "weights": "random (paper-random profile)",
+              "load_average_1min": round(os.getloadavg()[0], 2)}
 
     embedder = FaceEmbedder(get_profile("paper-random"), "cpu", batch_size=args.batch)
-    embed_fps = throughput(embedder.embed, faces(args.batch, EMBED_SIZE, gray=False), args.repeats)
     fer = FaceStage(FaceConfig(batch_size=args.batch))
-    fer_fps = throughput(lambda b: fer._features({"u": list(b)}), faces(args.batch, 64, gray=True), args.repeats)
-
-    rows = [{"model": "InceptionResnetV1 (face_embed)", "input": "160x160 RGB", "faces_per_s": round(embed_fps, 1)},
-            {"model": "DenseNet-BC-100 FER (fer)", "input": "64x64 gray", "faces_per_s": round(fer_fps, 1)}]
-    print(table(rows, ["model", "input", "faces_per_s"]))
+    embed_input, fer_input = faces(args.batch, EMBED_SIZE, gray=False), faces(args.batch, 64, gray=True)
+    rows = []
+    # torch's default thread count, and one thread: on a busy machine, spinning threads can cost several times.
+    for threads in dict.fromkeys((default_threads, 1)):
+        torch.set_num_threads(threads)
+        embed_fps = throughput(embedder.embed, embed_input, args.repeats)
+        fer_fps = throughput(lambda b: fer._features({"u": list(b)}), fer_input, args.repeats)
+        rows.append({"threads": threads, "face_embed_per_s": round(embed_fps, 1), "fer_per_s": round(fer_fps, 1)})
+    print(table(rows, ["threads", "face_embed_per_s", "fer_per_s"]))
+    by_threads = {str(r["threads"]): r for r in rows}
     merge_results("face_embed", {**common, "model": "facenet-pytorch InceptionResnetV1", "input": "160x160x3",
-                                 "faces_per_s": round(embed_fps, 1), "peak_rss_mb": round(peak_rss_mb(), 1)})
+                                 "faces_per_s": rows[0]["face_embed_per_s"], "threads": default_threads,
+                                 "faces_per_s_by_threads": {t: r["face_embed_per_s"] for t, r in by_threads.items()},
+                                 "peak_rss_mb": round(peak_rss_mb(), 1)})
     merge_results("fer", {**common, "model": "DenseNet-BC-100 (768,044 parameters)", "input": "64x64x1",
-                          "faces_per_s": round(fer_fps, 1), "peak_rss_mb": round(peak_rss_mb(), 1)})
+                          "faces_per_s": rows[0]["fer_per_s"], "threads": default_threads,
+                          "faces_per_s_by_threads": {t: r["fer_per_s"] for t, r in by_threads.items()},
+                          "peak_rss_mb": round(peak_rss_mb(), 1)})
 
 
 if __name__ == "__main__":
