@@ -17,6 +17,7 @@ use random weights from ``profile.seed`` (meaningless features, real cost).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -106,9 +107,10 @@ class FaceStage(Stage):
     feature_sets = (FRAME_SET, MEAN_SET)
 
     def __init__(self, config: FaceConfig, device: str = "cpu", fps: float = 25.0,
-                 speaker_faces_hash: str | None = None):
+                 speaker_faces_hash: str | None = None, precision: str = "fp32"):
         self.config = config
         self.device = torch.device(device)
+        self.precision = precision  # "bf16"/"fp16" autocast on CUDA only
         self.fps = fps
         self.speaker_faces_hash = speaker_faces_hash  # new speaker faces (asd re-run) mean new features
         self.model = build_model(config).to(self.device).eval()
@@ -138,13 +140,14 @@ class FaceStage(Stage):
         )
         with open_speaker_faces(context) as faces:  # fail now, clearly, when the asd stage has not run
             speaker_faces_hash = faces.attrs.get("config_hash")
-        return cls(config, context.device, context.media.timing.fps, speaker_faces_hash)
+        return cls(config, context.device, context.media.timing.fps, speaker_faces_hash, context.precision)
 
     def provenance(self) -> dict:
         c = self.config
         return {"model": "densenet-bc-100-fer", "checkpoint": c.checkpoint, "checkpoint_sha256": self._checkpoint_sha,
                 "random_seed": None if c.checkpoint else c.seed, "mean": c.mean, "std": c.std,
-                "crop_scale": c.crop_scale, "fps": self.fps, "speaker_faces": self.speaker_faces_hash}
+                "crop_scale": c.crop_scale, "fps": self.fps, "speaker_faces": self.speaker_faces_hash,
+                "precision": self.precision if self.device.type == "cuda" else "fp32"}
 
     def attrs(self, feature_set: str) -> dict:
         attrs = {"model_id": "densenet-bc-100-fer", "checkpoint": self.config.checkpoint or "",
@@ -215,7 +218,8 @@ class FaceStage(Stage):
         out = np.zeros((len(faces), self.model.feature_dim), np.float32)
         for first in range(0, len(faces), self.config.batch_size):
             x = preprocess(faces[first:first + self.config.batch_size], self.config.mean, self.config.std)
-            out[first:first + len(x)] = self.model.forward_features(x.to(self.device)).float().cpu().numpy()
+            with _autocast(self.device, self.precision):
+                out[first:first + len(x)] = self.model.forward_features(x.to(self.device)).float().cpu().numpy()
         result, offset = {}, 0
         for utt_id in order:
             result[utt_id] = out[offset: offset + len(crops[utt_id])]
@@ -224,6 +228,16 @@ class FaceStage(Stage):
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
+
+
+def _autocast(device: torch.device, precision: str):
+    """Mixed precision on CUDA only (``precision`` "bf16" or "fp16"); fp32 elsewhere."""
+    if precision == "fp32" or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision {precision!r}: choose fp32, bf16 or fp16")
+    return torch.autocast("cuda", dtype=dtypes[precision])
 
 
 def open_speaker_faces(context: RunContext) -> FeatureReader:
