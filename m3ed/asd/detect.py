@@ -1,0 +1,127 @@
+"""Face detection with facenet-pytorch's MTCNN (its weights ship in the wheel).
+
+Frames arrive in chunks from one decode of the dialogue (:meth:`m3ed.locate.MediaSource.frames`).
+Every ``every``-th frame of the dialogue is detected (the tracker interpolates the others),
+after rescaling to ``height`` pixels (faster, and the detector's pyramid starts at
+``min_face_size``); boxes are returned in the original frame's pixels. Frames go to MTCNN in
+batches of equal size (``MTCNN.detect`` accepts ``[n,H,W,3]``).
+
+Thresholds (named in :class:`DetectionParams`):
+
+- ``min_face_size`` 20 px at the detection height (MTCNN's default). At 360 px high this is
+  ~5.5 % of the frame height: faces smaller than that are too small for ASD crops anyway.
+- ``stage_thresholds`` (0.6, 0.7, 0.7): MTCNN's P-, R- and O-net defaults.
+- ``min_probability`` 0.9: faces whose final probability is lower are dropped, like the TalkNet
+  demo's ``conf_th=0.9`` for its S3FD detector.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import cv2
+import numpy as np
+import torch
+
+#: One frame's faces: ``[k, 5]`` float32 rows ``x1, y1, x2, y2, probability`` in original pixels.
+NO_FACES = np.zeros((0, 5), np.float32)
+
+
+@dataclass(frozen=True)
+class DetectionParams:
+    every: int = 1                  # detect on every k-th frame (0, k, 2k, ...); the tracker interpolates
+    height: int | None = 360        # detection height in pixels (None: native); never upscales
+    min_face_size: int = 20         # smallest face MTCNN looks for, pixels at the detection height
+    stage_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    min_probability: float = 0.9    # drop faces below this final probability (TalkNet demo: 0.9)
+    batch_size: int = 16            # frames per MTCNN call
+
+    def __post_init__(self):
+        if self.every < 1:
+            raise ValueError(f"detection every={self.every}: must be >= 1 (1 = every frame)")
+        if self.height is not None and self.height < 32:
+            raise ValueError(f"detection height={self.height}: must be at least 32 pixels (or None for native)")
+
+
+class FaceDetector:
+    """MTCNN on batches of frames; ``detect(frames)`` gives each frame's faces in original pixels."""
+
+    def __init__(self, params: DetectionParams = DetectionParams(), device: str | torch.device = "cpu"):
+        from facenet_pytorch import MTCNN
+
+        self.params = params
+        self.device = torch.device(device)
+        self.mtcnn = MTCNN(keep_all=True, min_face_size=params.min_face_size,
+                           thresholds=list(params.stage_thresholds), post_process=False, device=self.device)
+
+    def to(self, device: str | torch.device) -> "FaceDetector":
+        self.device = torch.device(device)
+        self.mtcnn.to(self.device)
+        self.mtcnn.device = self.device
+        return self
+
+    def scale(self, frame_height: int) -> float:
+        """Detection pixels per original pixel."""
+        height = self.params.height
+        return 1.0 if height is None or height >= frame_height else height / frame_height
+
+    def detect(self, frames: np.ndarray) -> list[np.ndarray]:
+        """``[n,H,W,3]`` RGB uint8 -> n arrays ``[k,5]`` (x1, y1, x2, y2, probability), original pixels."""
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be [n, height, width, 3] RGB, got shape {frames.shape}")
+        scale = self.scale(frames.shape[1])
+        results: list[np.ndarray] = []
+        for first in range(0, len(frames), self.params.batch_size):
+            batch = frames[first:first + self.params.batch_size]
+            if scale != 1.0:
+                size = (max(1, round(frames.shape[2] * scale)), max(1, round(frames.shape[1] * scale)))
+                batch = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in batch])
+            with torch.inference_mode():
+                boxes, probs = self.mtcnn.detect(np.ascontiguousarray(batch))
+            results.extend(self._faces(b, p, scale) for b, p in zip(boxes, probs))
+        return results
+
+    def _faces(self, boxes, probs, scale: float) -> np.ndarray:
+        if boxes is None:
+            return NO_FACES
+        boxes = np.asarray(list(boxes), np.float32).reshape(-1, 4) / scale
+        probs = np.asarray(list(probs), np.float32).reshape(-1)
+        faces = np.concatenate([boxes, probs[:, None]], axis=1)
+        return faces[probs >= self.params.min_probability]
+
+
+class Detections:
+    """Faces per detected frame of one dialogue (frames ``0, every, 2*every, ...``), filled chunk by chunk."""
+
+    def __init__(self, every: int = 1):
+        self.every = every
+        self.faces: dict[int, np.ndarray] = {}
+        self.frame_count = 0
+        self.frame_size: tuple[int, int] | None = None  # (height, width)
+
+    def add_chunk(self, detector: FaceDetector, frames: np.ndarray) -> None:
+        """Detect the chunk's frames that fall on the ``every`` grid; ``frames`` follow the previous chunk."""
+        first = self.frame_count
+        self.frame_count += len(frames)
+        if len(frames) == 0:
+            return
+        self.frame_size = frames.shape[1:3]
+        offsets = np.arange((-first) % self.every, len(frames), self.every)
+        if len(offsets):
+            for offset, faces in zip(offsets, detector.detect(frames[offsets])):
+                self.faces[first + int(offset)] = faces
+
+    def frames(self) -> np.ndarray:
+        """The detected frame indices, ascending."""
+        return np.asarray(sorted(self.faces), np.int64)
+
+    def count(self) -> int:
+        return sum(len(f) for f in self.faces.values())
+
+
+def detect_faces(detector: FaceDetector, chunks: Iterable[np.ndarray]) -> Detections:
+    """Detect every ``detector.params.every``-th frame of a stream of frame chunks."""
+    detections = Detections(detector.params.every)
+    for chunk in chunks:
+        detections.add_chunk(detector, chunk)
+    return detections

@@ -1,0 +1,263 @@
+"""The asd stage: who is speaking, frame by frame (paper appendix A.1, DESIGN §6).
+
+Per dialogue, in named steps:
+
+    locate   the dialogue's video span; decode its audio once (16 kHz)
+    pass 1   stream the frames (25 fps, native size): shot changes + MTCNN on every k-th frame
+    track    IoU tracks within shots, gaps interpolated          (m3ed.asd.track)
+    pass 2   stream the frames again: ASD crops (112x112 gray) and embedding crops (160x160 RGB,
+             every ``embed_every``-th frame of each track)        (m3ed.asd.crop)
+    score    TalkNet / Light-ASD speaking probability per track frame (m3ed.asd.score)
+    embed    InceptionResnetV1 identity embeddings of the embedding crops (m3ed.asd.embed)
+    assign   the two-stage speaker assignment                     (m3ed.asd.assign)
+
+Output: feature set ``speaker_faces``, per utterance float32 ``[T_utt_frames, 9]`` with columns
+:data:`m3ed.asd.assign.COLUMNS` (boxes in the video's native pixels). Besides, the stage writes
+``OUT/asd/{dialogue}.json`` (atomically): every track of the dialogue with its frames, boxes and
+speaking probabilities, and the shot boundaries, for ``m3ed viz-asd`` and for inspection.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote
+
+import numpy as np
+import torch
+
+from ..corpus import Dialogue
+from ..media import MediaError
+from ..pipelines.stage import DialogueResult, RunContext, Stage, failed_dialogue
+from ..store import Failure
+from .assign import COLUMNS, AssignParams, assign_speakers
+from .crop import TrackCrops
+from .detect import DetectionParams, Detections, FaceDetector
+from .embed import EMBED_DIM, FaceEmbedder
+from .score import ASD_MODELS, ScoreParams, build_scorer, dialogue_mfcc, score_tracks
+from .shots import ShotDetector, ShotParams
+from .track import Track, TrackingParams, track_faces
+
+log = logging.getLogger(__name__)
+
+FEATURE_SET = "speaker_faces"
+FPS = 25.0              # the ASD models' video rate (4 MFCC frames per video frame)
+CHUNK_FRAMES = 64       # frames decoded at a time (memory bound)
+TRACKS_DIR = "asd"      # OUT/asd/{dialogue}.json
+
+
+@dataclass(frozen=True)
+class AsdConfig:
+    """Everything that determines the asd stage's output besides the corpus and the weights."""
+
+    model: str = "talknet"
+    checkpoint: str | None = None
+    detection: DetectionParams = DetectionParams()
+    shots: ShotParams = ShotParams()
+    tracking: TrackingParams = TrackingParams()
+    scoring: ScoreParams = ScoreParams()
+    assign: AssignParams = AssignParams()
+    embed_every: int = 5   # embed every 5th frame of a track (5 per second); assignment fills the rest
+    fps: float = FPS
+
+    def __post_init__(self):
+        if self.detection.every > self.tracking.max_gap:
+            raise ValueError(f"--detect-every {self.detection.every}: tracks tolerate gaps of at most "
+                             f"{self.tracking.max_gap} frames; use a value <= {self.tracking.max_gap}")
+        if self.embed_every < 1:
+            raise ValueError(f"embed_every={self.embed_every}: must be >= 1")
+
+
+@dataclass
+class DialogueFaces:
+    """Every intermediate result of one dialogue (what ``OUT/asd/{dialogue}.json`` holds)."""
+
+    dialogue_id: str
+    frame_count: int
+    frame_size: tuple[int, int]             # (height, width) of the video
+    shots: np.ndarray
+    tracks: list[Track]
+    scores: list[np.ndarray] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "dialogue_id": self.dialogue_id, "fps": FPS, "frame_count": self.frame_count,
+            "frame_height": self.frame_size[0], "frame_width": self.frame_size[1],
+            "shots": self.shots.tolist(),
+            "tracks": [{**t.to_dict(), "asd_prob": [None if np.isnan(p) else round(float(p), 4) for p in s]}
+                       for t, s in zip(self.tracks, self.scores)],
+        }, ensure_ascii=False)
+
+
+def tracks_path(out_dir: str | Path, dialogue_id: str) -> Path:
+    return Path(out_dir) / TRACKS_DIR / f"{quote(dialogue_id, safe='')}.json"
+
+
+def read_dialogue_faces(out_dir: str | Path, dialogue_id: str) -> dict:
+    """The JSON record the asd stage wrote for a dialogue (tracks, scores, shots)."""
+    path = tracks_path(out_dir, dialogue_id)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no ASD tracks for dialogue {dialogue_id}; run the asd stage "
+                                f"(m3ed-extract --stages asd --out {out_dir}) first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class AsdPipeline:
+    """The models and thresholds of ASD; :meth:`run` does one dialogue. The device is given once."""
+
+    def __init__(self, config: AsdConfig, profile, device: str | torch.device = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        self.detector = FaceDetector(config.detection, self.device)
+        self.scorer = build_scorer(profile, self.device, config.model, config.checkpoint)
+        self.embedder = FaceEmbedder(profile, str(self.device))
+
+    def run(self, dialogue: Dialogue, media) -> tuple[DialogueFaces, dict[str, np.ndarray]]:
+        span = media.locate(dialogue)
+        audio = media.audio(span)
+        faces = self.find_faces(dialogue.id, media.frames(span, fps=self.config.fps, chunk=CHUNK_FRAMES))
+        crops = self.crop(faces.tracks, media.frames(span, fps=self.config.fps, chunk=CHUNK_FRAMES))
+        faces.scores = self.score(faces.tracks, crops, audio)
+        embeddings = self.embed(faces.tracks, crops)
+        speaker_faces = assign_speakers(dialogue, faces.tracks, faces.scores, embeddings, self.config.fps,
+                                        self.config.assign)
+        return faces, speaker_faces
+
+    def find_faces(self, dialogue_id: str, chunks) -> DialogueFaces:
+        """Pass 1: shots and detections, then tracks."""
+        shots, detections = ShotDetector(self.config.shots), Detections(self.config.detection.every)
+        for chunk in chunks:
+            shots.update(chunk)
+            detections.add_chunk(self.detector, chunk)
+        if detections.frame_count == 0:
+            raise MediaError(f"dialogue {dialogue_id}: no video frames decoded")
+        boundaries = shots.boundaries()
+        tracks = track_faces(detections, boundaries, self.config.tracking)
+        return DialogueFaces(dialogue_id, detections.frame_count, tuple(detections.frame_size), boundaries, tracks)
+
+    def crop(self, tracks: list[Track], chunks) -> TrackCrops:
+        """Pass 2: ASD crops and embedding crops of every track."""
+        crops = TrackCrops(tracks, self.config.embed_every)
+        last = max((t.last for t in tracks), default=-1)
+        if last >= 0:
+            for chunk in chunks:
+                crops.add_chunk(chunk)
+                if crops._next > last:
+                    break
+        if hasattr(chunks, "close"):
+            chunks.close()   # stops the decoder
+        crops.check_complete()
+        return crops
+
+    def score(self, tracks: list[Track], crops: TrackCrops, audio: np.ndarray) -> list[np.ndarray]:
+        if not tracks:
+            return []
+        return score_tracks(self.scorer, dialogue_mfcc(audio), tracks, crops.asd, self.config.scoring)
+
+    def embed(self, tracks: list[Track], crops: TrackCrops) -> list[np.ndarray]:
+        """Per track ``[len, 512]``: embeddings at the embedded positions, NaN elsewhere."""
+        out = [np.full((len(t), EMBED_DIM), np.nan, np.float32) for t in tracks]
+        if not tracks:
+            return out
+        vectors = self.embedder.embed(np.concatenate(crops.faces))
+        offset = 0
+        for rows, positions in zip(out, crops.face_positions):
+            rows[positions] = vectors[offset:offset + len(positions)]
+            offset += len(positions)
+        return out
+
+    def close(self) -> None:
+        self.detector = self.scorer = self.embedder = None
+
+
+class AsdStage(Stage):
+    name = "asd"
+    feature_sets = (FEATURE_SET,)
+
+    def __init__(self, config: AsdConfig, profile, device: str = "cpu", out_dir: str | Path | None = None):
+        self.config = config
+        self.profile = profile
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.pipeline = AsdPipeline(config, profile, device)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("asd stage (faces -> tracks -> TalkNet/Light-ASD -> speaker assignment)")
+        g.add_argument("--asd-model", choices=ASD_MODELS, default=None,
+                       help="ASD scorer (default: the profile's, talknet)")
+        g.add_argument("--asd-checkpoint", metavar="PATH", default=None,
+                       help="ASD checkpoint file or URL (default: the model's released checkpoint for the "
+                            "paper profile, random weights for paper-random/tiny)")
+        g.add_argument("--detect-every", type=int, default=DetectionParams.every, metavar="K",
+                       help="run the face detector on every K-th frame; tracks interpolate between")
+        g.add_argument("--detect-height", type=int, default=DetectionParams.height, metavar="H",
+                       help="frame height for face detection (0: native); boxes are in native pixels")
+        g.add_argument("--asd-mode", choices=("single", "multi"), default=ScoreParams.mode,
+                       help="single: one pass per track; multi: the reference's average over 1-6 s chunks (6x cost)")
+        g.add_argument("--embed-every", type=int, default=AsdConfig.embed_every, metavar="K",
+                       help="embed (InceptionResnetV1) every K-th frame of each face track for speaker matching")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, context: RunContext) -> "AsdStage":
+        height = getattr(args, "detect_height", DetectionParams.height)
+        config = AsdConfig(
+            model=getattr(args, "asd_model", None) or context.profile.asd_model,
+            checkpoint=getattr(args, "asd_checkpoint", None) or context.profile.asd_checkpoint,
+            detection=DetectionParams(every=getattr(args, "detect_every", 1), height=height or None),
+            scoring=ScoreParams(mode=getattr(args, "asd_mode", ScoreParams.mode)),
+            embed_every=getattr(args, "embed_every", AsdConfig.embed_every),
+            fps=context.media.timing.fps,
+        )
+        if config.fps != FPS:
+            raise ValueError(f"the ASD models need 25 fps video (4 MFCC frames per frame); --fps is {config.fps}")
+        return cls(config, context.profile, context.device, context.store.root)
+
+    def provenance(self) -> dict:
+        c = self.config
+        weights = c.checkpoint or (None if self.profile.random_init else f"{c.model}:released")
+        return {"detector": "facenet-pytorch-mtcnn", "asd_model": c.model, "asd_checkpoint": weights,
+                "asd_random_seed": self.profile.seed if weights is None else None,
+                "face_embedder": self.profile.face_embedder or f"random(seed={self.profile.seed})",
+                "detection": asdict(c.detection), "shots": asdict(c.shots), "tracking": asdict(c.tracking),
+                "scoring": asdict(c.scoring), "assign": asdict(c.assign), "embed_every": c.embed_every, "fps": c.fps}
+
+    def attrs(self, feature_set: str) -> dict:
+        return {"columns": list(COLUMNS), "frame_rate": self.config.fps, "box_units": "native video pixels",
+                "asd_model": self.config.model}
+
+    def process(self, dialogues: list[Dialogue], context: RunContext) -> Iterator[DialogueResult]:
+        for dialogue in dialogues:
+            try:
+                faces, speaker_faces = self.pipeline.run(dialogue, context.media)
+            except (MediaError, OSError) as e:
+                yield failed_dialogue(dialogue, f"asd: {e}")
+                continue
+            self._write_tracks(faces)
+            yield self._result(dialogue, speaker_faces)
+
+    def _result(self, dialogue: Dialogue, speaker_faces: dict[str, np.ndarray]) -> DialogueResult:
+        result = DialogueResult(dialogue.id, features={FEATURE_SET: {}})
+        for u in dialogue.utterances:
+            rows = speaker_faces.get(u.id)
+            if rows is None or len(rows) == 0:
+                result.failures.append(Failure(FEATURE_SET, dialogue.id, u.id,
+                                               "utterance covers no video frame (empty or outside the dialogue)"))
+            else:
+                result.features[FEATURE_SET][u.id] = np.asarray(rows, np.float32)
+        return result
+
+    def _write_tracks(self, faces: DialogueFaces) -> None:
+        if self.out_dir is None:
+            return
+        path = tracks_path(self.out_dir, faces.dialogue_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(faces.to_json(), encoding="utf-8")
+        tmp.replace(path)
+
+    def close(self) -> None:
+        self.pipeline.close()

