@@ -99,6 +99,8 @@ def assign_speakers(dialogue: Dialogue, tracks: Sequence[TrackLike], scores: Seq
     banks = _speaker_banks(dialogue, stage1, filled)
     # A speaker needs at least one stage-1 face to be matched at all, whatever min_stage1_faces says.
     known = {s: bank for s, (bank, count) in banks.items() if count >= max(1, params.min_stage1_faces)}
+    if params.similarity == "mean":  # the mean of cosines with unit rows is the cosine with their mean
+        known = {s: bank.mean(axis=0, keepdims=True) if bank.size else bank for s, bank in known.items()}
 
     result: dict[str, np.ndarray] = {}
     for u in dialogue.utterances:
