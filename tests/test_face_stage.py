@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+import torch
 
 from m3ed.asd.assign import COLUMNS
 from m3ed.corpus import Corpus, Dialogue, Utterance
@@ -20,6 +21,15 @@ from m3ed.profiles import ModelUnavailable, get_profile
 from m3ed.store import FeatureStore
 
 FACE_BOX = np.array([110, 30, 200, 130], np.float32)  # the astronaut's face in the 320x240 frames
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny batches gain nothing from threads, and on a busy machine spinning threads cost several times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_clip(path: Path, frames: int = 50) -> Path:

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+import torch
 
 from m3ed.extract.face import FaceConfig, FaceStage
 from m3ed.models.densenet_fer import FER_PLUS_CLASSES, DenseNetFER
@@ -19,6 +20,15 @@ from m3ed.pipelines.train_fer import (CHECKPOINT_NAME, METRICS_NAME, FerDataErro
 AFFECTNET_HEADER = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
                     "expression", "valence", "arousal"]
 FACE = (slice(20, 220), slice(150, 350))  # the astronaut's face in skimage.data.astronaut()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny batches gain nothing from threads, and on a busy machine spinning threads cost several times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def real_faces(n: int, size: int | None = None) -> list[np.ndarray]:
