@@ -1,0 +1,190 @@
+"""MultiEnc (Zhao et al., 2021; the MMIN code's ``utt_fusion`` model): the utterance-level baseline.
+
+Each utterance is classified on its own (no dialogue context):
+
+    ``multienc`` (frame-level inputs, the paper's "Frm" columns)
+        audio  frames ─ LSTM ─ max-pool over real frames ─► 128 ┐
+        visual frames ─ LSTM ─ max-pool over real frames ─► 128 ┼─ concat ─ FC ─ FC ─ Linear ─► logits
+        text   tokens ─ TextCNN (kernels 3,4,5, max-pool) ─► 128 ┘
+    ``multienc_pooled`` (utterance-level inputs, "Utt" columns; light enough for a CPU)
+        each modality ─ Linear-ReLU-dropout (a DNN encoder) ─► 128, then the same fusion classifier.
+
+A missing modality's embedding is zero (the presence mask says which). Only real utterances
+with that modality are encoded (packed, masked), so padding never changes a prediction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from m3ed.models.data import Batch
+from m3ed.models.registry import ModelConfig, register_model
+
+__all__ = ["MultiEnc", "MultiEncConfig", "MultiEncPooled", "MultiEncPooledConfig"]
+
+
+@dataclass
+class MultiEncPooledConfig(ModelConfig):
+    """MMIN's sizes: 128-d embedding per modality, classifier layers 128,128."""
+
+    embedding_size: int = 128
+    classifier_layers: tuple[int, ...] = (128, 128)
+    dropout: float = 0.3
+
+    default_lr: ClassVar[float] = 2e-4
+    default_weight_decay: ClassVar[float] = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.classifier_layers = tuple(int(x) for x in self.classifier_layers)
+
+
+@dataclass
+class MultiEncConfig(MultiEncPooledConfig):
+    text_kernels: tuple[int, ...] = (3, 4, 5)
+    text_channels: int = 128
+    text_dropout: float = 0.5
+    lstm_pooling: str = "maxpool"       # "maxpool", "mean" or "last"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.text_kernels = tuple(int(x) for x in self.text_kernels)
+        if self.lstm_pooling not in ("maxpool", "mean", "last"):
+            raise ValueError(f"MultiEnc: lstm_pooling {self.lstm_pooling!r}; use 'maxpool', 'mean' or 'last'")
+
+
+class FusionClassifier(nn.Module):
+    """MMIN's FcClassifier: (Linear, ReLU, dropout) per hidden layer, then a Linear output."""
+
+    def __init__(self, in_dim: int, layers: tuple[int, ...], out_dim: int, dropout: float):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        for width in layers:
+            blocks += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(dropout)]
+            in_dim = width
+        self.hidden = nn.Sequential(*blocks)
+        self.out = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.hidden(x))
+
+
+class LSTMEncoder(nn.Module):
+    """Frames ``[K, T, D]`` with lengths ``[K]`` -> ``[K, H]`` (pooled over the real frames)."""
+
+    def __init__(self, in_dim: int, hidden: int, pooling: str):
+        super().__init__()
+        self.lstm = nn.LSTM(in_dim, hidden, batch_first=True)
+        self.pooling = pooling
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, (h_n, _) = self.lstm(packed)
+        if self.pooling == "last":
+            return h_n[-1]
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        real = (torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None])[..., None]
+        if self.pooling == "mean":
+            return (out * real).sum(1) / lengths[:, None].to(out.dtype)
+        return out.masked_fill(~real, float("-inf")).amax(1)
+
+
+class TextCNN(nn.Module):
+    """MMIN's TextCNN: convolutions of 3, 4, 5 tokens, ReLU, max over the valid positions."""
+
+    def __init__(self, in_dim: int, channels: int, kernels: tuple[int, ...], out_dim: int, dropout: float):
+        super().__init__()
+        self.kernels = kernels
+        self.convs = nn.ModuleList(nn.Conv1d(in_dim, channels, k) for k in kernels)
+        self.dropout = nn.Dropout(dropout)
+        self.embed = nn.Sequential(nn.Linear(channels * len(kernels), out_dim), nn.ReLU())
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x [K, T, D]; a window is valid when it lies within the tokens (or starts at 0 for short ones)."""
+        widest = max(self.kernels)
+        if x.shape[1] < widest:
+            x = F.pad(x, (0, 0, 0, widest - x.shape[1]))
+        x = x.transpose(1, 2)
+        pooled = []
+        for k, conv in zip(self.kernels, self.convs):
+            out = F.relu(conv(x))                                                 # [K, C, T - k + 1]
+            last_start = (lengths - k).clamp(min=0)
+            valid = torch.arange(out.shape[-1], device=x.device)[None] <= last_start[:, None]
+            pooled.append(out.masked_fill(~valid[:, None], float("-inf")).amax(-1))
+        return self.embed(self.dropout(torch.cat(pooled, -1)))
+
+
+def _scatter_rows(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Put ``values [K, H]`` into the True cells of ``where [B, N]``; zeros elsewhere."""
+    out = values.new_zeros(*where.shape, values.shape[-1])
+    out[where] = values
+    return out
+
+
+@register_model("multienc", config=MultiEncConfig, input_level="frame", tiny={
+    "embedding_size": 32, "text_channels": 32, "classifier_layers": (32,)})
+class MultiEnc(nn.Module):
+    """MultiEnc on frame-level features: LSTM (audio, visual) and TextCNN (text) encoders, FC fusion."""
+
+    def __init__(self, config: MultiEncConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoders = nn.ModuleDict({
+            m: (TextCNN(dim, c.text_channels, c.text_kernels, c.embedding_size, c.text_dropout) if m == "l"
+                else LSTMEncoder(dim, c.embedding_size, c.lstm_pooling))
+            for m, dim in c.input_dims.items()
+        })
+        self.classifier = FusionClassifier(c.embedding_size * len(c.input_dims), c.classifier_layers,
+                                           c.num_classes, c.dropout)
+
+    def forward_features(self, batch: Batch) -> torch.Tensor:
+        embeddings = []
+        for m in self.config.modalities:
+            where = batch.present[m] & batch.mask
+            frames = batch.features[m][where]                                     # [K, T, D]
+            if not batch.frame_mask:
+                raise ValueError("MultiEnc needs frame-level features ([T, D] per utterance); "
+                                 "use multienc_pooled for utterance-level ones")
+            lengths = batch.frame_mask[m][where].sum(-1)
+            encoded = (self.encoders[m](frames, lengths) if len(frames)
+                       else frames.new_zeros(0, self.config.embedding_size))
+            embeddings.append(_scatter_rows(encoded, where))
+        return torch.cat(embeddings, -1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.forward_head(self.forward_features(batch))
+
+
+@register_model("multienc_pooled", config=MultiEncPooledConfig, tiny={"embedding_size": 32, "classifier_layers": (32,)})
+class MultiEncPooled(nn.Module):
+    """MultiEnc on utterance-level features: one DNN encoder per modality, FC fusion."""
+
+    def __init__(self, config: MultiEncPooledConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoders = nn.ModuleDict({
+            m: nn.Sequential(nn.Linear(dim, c.embedding_size), nn.ReLU(), nn.Dropout(c.dropout))
+            for m, dim in c.input_dims.items()
+        })
+        self.classifier = FusionClassifier(c.embedding_size * len(c.input_dims), c.classifier_layers,
+                                           c.num_classes, c.dropout)
+
+    def forward_features(self, batch: Batch) -> torch.Tensor:
+        return torch.cat([self.encoders[m](batch.features[m]) * batch.present[m][..., None]
+                          for m in self.config.modalities], -1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.forward_head(self.forward_features(batch))

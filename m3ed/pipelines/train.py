@@ -1,0 +1,488 @@
+"""``m3ed train``: train and evaluate the downstream models like Tables 5 and 6 of the paper.
+
+Reads a feature directory (``manifest.jsonl`` with the TV-independent split + ``features/``),
+trains one registered model on chosen modalities once per seed, and reports weighted-F1 on val and
+test (sklearn ``f1_score(average="weighted")`` over real, labelled utterances), macro-F1 and
+accuracy, as mean ± std over the seeds.
+
+Per seed: everything seeded (``random``, NumPy, torch) and deterministic algorithms on; AdamW with
+the model's authors' learning rate unless given; one epoch = the train dialogues in length-bucketed
+batches; after each epoch the validation weighted-F1 decides, alone, which epoch's weights are kept
+and when to stop (``patience`` epochs without improvement). The test split is evaluated once, with
+the kept weights. Mixed precision (bf16, else fp16 with loss scaling) on CUDA.
+
+Outputs in ``--out``: ``results.json`` (config, per-seed metrics and histories, summary),
+``results.md`` (the paper's table layout), ``confusion.png`` (test confusion matrix, all seeds
+summed, rows normalised) and ``checkpoints/seed{N}.pt`` (model name + config + weights + metrics;
+``m3ed.models.registry.load_trained_model`` rebuilds it and loads it strictly). ``--grid`` runs
+every model on every modality combination and writes the full table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from m3ed import __version__
+from m3ed.corpus import EMOTIONS
+from m3ed.models.data import (IGNORE_INDEX, DialogueData, modality_combinations, parse_features_map,
+                              parse_modalities)
+from m3ed.models.registry import create_model, get_model_entry, list_models
+
+__all__ = ["TrainConfig", "add_train_parser", "evaluate", "train", "write_table"]
+
+DISPLAY_NAMES = {"multienc": "MultiEnc (Frm)", "multienc_pooled": "UttBaseline (MultiEnc, Utt)",
+                 "dialoguernn": "DialogueRNN", "dialoguegcn": "DialogueGCN", "mmgcn": "MMGCN", "mdi": "MDI"}
+BASELINE = "multienc_pooled"   # the row that Table 6's (+x.x) differences refer to
+
+
+@dataclass
+class TrainConfig:
+    features: Path
+    model: str = "mdi"
+    modalities: tuple[str, ...] = ("l", "a", "v")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    out: Path | None = None                  # default: runs/{model}_{modalities}
+    epochs: int = 60
+    batch_size: int = 16                     # dialogues per batch
+    lr: float | None = None                  # None: the model's default (its authors')
+    weight_decay: float | None = None
+    patience: int = 10                       # epochs without a better val weighted-F1
+    device: str = "auto"                     # auto, cpu, cuda, cuda:1, ...
+    features_map: dict[str, str] = field(default_factory=dict)
+    model_config: dict[str, Any] = field(default_factory=dict)   # overrides of the model's config
+    profile: str = "paper"                   # "paper": the authors' sizes; "tiny": small (tests, demos)
+    class_weights: bool = False              # inverse-frequency weights of the train labels
+    max_frames: int | None = None            # frame-level models: frames kept per utterance
+    grad_clip: float | None = 5.0
+    grid: bool = False
+    grid_models: tuple[str, ...] = ()        # --grid: these models (default: all)
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        self.features = Path(self.features)
+        self.out = Path(self.out) if self.out is not None else None
+        self.modalities = parse_modalities(self.modalities)
+        self.seeds = tuple(int(s) for s in self.seeds)
+        self.features_map = parse_features_map(self.features_map)
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError(f"epochs ({self.epochs}), batch size ({self.batch_size}) and patience "
+                             f"({self.patience}) must be at least 1")
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["features"], record["out"] = str(self.features), str(self.out) if self.out else None
+        return record
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+def _log(config: TrainConfig, text: str) -> None:
+    if config.verbose:
+        print(text, flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+class _Deterministic:
+    """Deterministic algorithms while training; the previous setting is restored afterwards."""
+
+    def __enter__(self) -> None:
+        self.previous = (torch.are_deterministic_algorithms_enabled(),
+                         torch.is_deterministic_algorithms_warn_only_enabled(),
+                         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+
+    def __exit__(self, *exc) -> None:
+        enabled, warn_only, benchmark, deterministic = self.previous
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, deterministic
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return torch.autocast("cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Weighted-F1 (the paper's WF1), macro-F1 and accuracy, as fractions."""
+    return {
+        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=range(len(EMOTIONS)), zero_division=0)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+    }
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: DialogueData, split: str, batch_size: int,
+            device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and predictions of the split's real, labelled utterances, in a fixed order."""
+    model.eval()
+    truth, predictions = [], []
+    for batch in data.batches(split, batch_size, shuffle=False):
+        batch = batch.to(device)
+        with _autocast(device):
+            logits = model(batch)
+        keep = batch.mask & (batch.labels != IGNORE_INDEX)
+        truth.append(batch.labels[keep].cpu().numpy())
+        predictions.append(logits.float().argmax(-1)[keep].cpu().numpy())
+    return np.concatenate(truth), np.concatenate(predictions)
+
+
+def evaluate(model: torch.nn.Module, data: DialogueData, split: str, batch_size: int,
+             device: torch.device) -> tuple[dict[str, float], np.ndarray]:
+    y_true, y_pred = predict(model, data, split, batch_size, device)
+    return metrics(y_true, y_pred), confusion_matrix(y_true, y_pred, labels=range(len(EMOTIONS)))
+
+
+def majority_floor(data: DialogueData) -> dict[str, float]:
+    """Weighted-F1 of always predicting the most frequent train emotion (the floor to beat)."""
+    majority = int(np.bincount(data.labels("train"), minlength=len(EMOTIONS)).argmax())
+    return {split: metrics(y, np.full_like(y, majority))["weighted_f1"]
+            for split in ("val", "test") for y in [data.labels(split)]}
+
+
+def _class_weights(data: DialogueData) -> torch.Tensor:
+    counts = np.bincount(data.labels("train"), minlength=len(EMOTIONS)).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / (len(EMOTIONS) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _model_overrides(entry_name: str, overrides: dict[str, Any], strict: bool) -> dict[str, Any]:
+    """``field=value`` (every model that has the field) and ``model.field=value`` (that model only)."""
+    entry = get_model_entry(entry_name)
+    known = {f.name for f in fields(entry.config_cls)}
+    chosen = {}
+    for key, value in overrides.items():
+        target, _, name = key.rpartition(".")
+        if target and get_model_entry(target).name != entry.name:
+            continue
+        if name in known:
+            chosen[name] = value
+        elif strict or target:
+            raise ValueError(f"--model-config {key}: {entry.config_cls.__name__} has no field {name!r}; "
+                             f"its fields: {', '.join(sorted(known))}")
+    return chosen
+
+
+# ---- one model, one modality set -----------------------------------------------------------------
+def _train_seed(config: TrainConfig, data: DialogueData, seed: int, device: torch.device,
+                out: Path, tag: str) -> dict[str, Any]:
+    entry = get_model_entry(config.model)
+    seed_everything(seed)
+    overrides = _model_overrides(entry.name, config.model_config, strict=not config.grid)
+    model = create_model(entry.name, profile=config.profile, input_dims=data.dims,
+                         num_speakers=max(2, data.num_speakers), **overrides)
+    model.to(device)
+    lr = config.lr if config.lr is not None else entry.config_cls.default_lr
+    decay = config.weight_decay if config.weight_decay is not None else entry.config_cls.default_weight_decay
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
+    use_fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
+    weights = _class_weights(data).to(device) if config.class_weights else None
+
+    best = {"score": -1.0, "epoch": 0, "state": None}
+    history = []
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        total, count = 0.0, 0
+        for batch in data.batches("train", config.batch_size, shuffle=True, seed=seed * 100_003 + epoch):
+            batch = batch.to(device)
+            with _autocast(device):
+                logits = model(batch)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(),
+                                   weight=weights, ignore_index=IGNORE_INDEX)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            n = int((batch.labels != IGNORE_INDEX).sum())
+            total, count = total + float(loss.detach()) * n, count + n
+        train_seconds = time.perf_counter() - started
+        val, _ = evaluate(model, data, "val", config.batch_size, device)
+        improved = val["weighted_f1"] > best["score"]
+        if improved:
+            best = {"score": val["weighted_f1"], "epoch": epoch,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        history.append({"epoch": epoch, "loss": total / max(count, 1), "val_weighted_f1": val["weighted_f1"],
+                        "train_seconds": train_seconds, "seconds": time.perf_counter() - started})
+        _log(config, f"[{tag} seed {seed}] epoch {epoch:3d}/{config.epochs}  loss {total / max(count, 1):.4f}  "
+                     f"val WF1 {100 * val['weighted_f1']:5.2f}  best {100 * best['score']:5.2f} @ {best['epoch']}"
+                     f"  {history[-1]['seconds']:.1f}s")
+        if epoch - best["epoch"] >= config.patience:
+            _log(config, f"[{tag} seed {seed}] early stop: no better val WF1 for {config.patience} epochs")
+            break
+
+    model.load_state_dict(best["state"])
+    val, _ = evaluate(model, data, "val", config.batch_size, device)
+    test, confusion = evaluate(model, data, "test", config.batch_size, device)
+    checkpoint = out / "checkpoints" / f"seed{seed}.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "model_name": entry.name, "model_config": asdict(model.config), "state_dict": best["state"],
+        "feature_sets": dict(data.feature_sets), "modalities": list(data.modalities), "seed": seed,
+        "best_epoch": best["epoch"], "metrics": {"val": val, "test": test}, "emotions": list(EMOTIONS),
+        "train_config": config.to_json(), "package_version": __version__,
+    }
+    tmp = checkpoint.with_name(checkpoint.name + ".tmp")
+    torch.save(record, tmp)
+    tmp.replace(checkpoint)
+    _log(config, f"[{tag} seed {seed}] best epoch {best['epoch']}: val WF1 {100 * val['weighted_f1']:.2f}  "
+                 f"test WF1 {100 * test['weighted_f1']:.2f}  (macro-F1 {100 * test['macro_f1']:.2f}, "
+                 f"acc {100 * test['accuracy']:.2f})")
+    return {"seed": seed, "best_epoch": best["epoch"], "epochs_run": len(history), "lr": lr,
+            "weight_decay": decay, "val": val, "test": test, "confusion_test": confusion.tolist(),
+            "checkpoint": str(checkpoint.relative_to(out)), "history": history}
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        out[split] = {}
+        for key in ("weighted_f1", "macro_f1", "accuracy"):
+            values = np.array([r[split][key] for r in runs])
+            out[split][key] = {"mean": float(values.mean()),
+                               "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    out["seeds"] = len(runs)
+    return out
+
+
+def _run_one(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    entry = get_model_entry(config.model)
+    mods = ",".join(config.modalities)
+    out = config.out or Path("runs") / f"{entry.name}_{''.join(config.modalities)}"
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"{entry.name} {{{mods}}}"
+    with DialogueData(config.features, config.modalities, config.features_map, level=entry.input_level,
+                      max_frames=config.max_frames) as data:
+        _log(config, f"[{tag}] {data.describe()}")
+        if not data.tv_independent:
+            _log(config, f"[{tag}] warning: some show appears in two splits; the split is not TV-independent")
+        runs = [_train_seed(config, data, seed, device, out, tag) for seed in config.seeds]
+        floor = majority_floor(data)
+        results = {
+            "model": entry.name, "modalities": mods, "feature_sets": dict(data.feature_sets),
+            "dims": dict(data.dims), "input_level": entry.input_level, "device": str(device),
+            "tv_independent": data.tv_independent, "majority_floor_weighted_f1": floor,
+            "summary": _summary(runs), "runs": runs, "train_config": config.to_json(),
+            "package_version": __version__,
+        }
+    s = results["summary"]
+    _log(config, f"[{tag}] weighted-F1 over {len(runs)} seed(s): val {_cell(s['val']['weighted_f1'])}  "
+                 f"test {_cell(s['test']['weighted_f1'])}  (majority floor: test {100 * floor['test']:.2f})")
+    _write_json(out / "results.json", results)
+    write_table([results], out / "results.md")
+    plot_confusion(np.sum([r["confusion_test"] for r in runs], axis=0),
+                   out / "confusion.png", f"{DISPLAY_NAMES.get(entry.name, entry.name)} {{{mods}}}, test")
+    return results
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train and evaluate; returns the results (also written to ``config.out``)."""
+    device = resolve_device(config.device)
+    with _Deterministic():
+        if not config.grid:
+            return _run_one(config, device)
+        return _run_grid(config, device)
+
+
+def _run_grid(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    out = config.out or Path("runs") / "grid"
+    models = [get_model_entry(m).name for m in config.grid_models] if config.grid_models else list_models()
+    all_results, skipped = [], []
+    for name in models:
+        for mods in modality_combinations():
+            sub = replace(config, model=name, modalities=mods, grid=True, out=out / name / "".join(mods))
+            try:
+                all_results.append(_run_one(sub, device))
+            except FileNotFoundError as e:   # a feature set this model needs is not in the directory
+                skipped.append({"model": name, "modalities": ",".join(mods), "reason": str(e)})
+                _log(config, f"[grid] skipped {name} {{{','.join(mods)}}}: {e}")
+    grid = {"results": [{k: r[k] for k in ("model", "modalities", "feature_sets", "summary",
+                                           "majority_floor_weighted_f1")} for r in all_results],
+            "skipped": skipped, "train_config": config.to_json(), "package_version": __version__}
+    _write_json(out / "results.json", grid)
+    write_table(all_results, out / "results.md")
+    _log(config, f"[grid] {len(all_results)} runs, {len(skipped)} skipped; table: {out / 'results.md'}")
+    return grid
+
+
+# ---- outputs --------------------------------------------------------------------------------------
+def _write_json(path: Path, record: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _cell(stat: dict[str, float]) -> str:
+    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
+def write_table(results: Sequence[dict[str, Any]], path: Path) -> str:
+    """Markdown tables in the paper's layouts: Table 6 (model × split rows, modality columns,
+    weighted-F1 mean ± std, (+x.x) against the utterance baseline) and, when both MultiEnc
+    variants are present, Table 5 (modality rows, Frm/Utt × val/test columns)."""
+    combos = [",".join(c) for c in modality_combinations()]
+    cells = {(r["model"], r["modalities"]): r["summary"] for r in results}
+    used = [c for c in combos if any(m == c for _, m in cells)]
+    models = [m for m in list_models() if any(k[0] == m for k in cells)]
+    seeds = sorted({r["summary"]["seeds"] for r in results})
+    lines = [f"Weighted-F1 (%) mean ± std over {'/'.join(map(str, seeds))} seed(s); "
+             f"(+x.x): difference of the mean from the utterance baseline ({DISPLAY_NAMES[BASELINE]}).", "",
+             "| Model | Metric | " + " | ".join("{" + c + "}" for c in used) + " |",
+             "|---|---|" + "---|" * len(used)]
+    for model in models:
+        for split in ("val", "test"):
+            row = []
+            for combo in used:
+                stat = cells.get((model, combo))
+                if stat is None:
+                    row.append("")
+                    continue
+                text = _cell(stat[split]["weighted_f1"])
+                base = cells.get((BASELINE, combo))
+                if base is not None and model != BASELINE:
+                    text += f" ({100 * (stat[split]['weighted_f1']['mean'] - base[split]['weighted_f1']['mean']):+.1f})"
+                row.append(text)
+            label = DISPLAY_NAMES.get(model, model) if split == "val" else ""
+            lines.append(f"| {label} | {split} | " + " | ".join(row) + " |")
+    if any(m == "multienc" for m, _ in cells) and any(m == BASELINE for m, _ in cells):
+        lines += ["", "Utterance-level baseline (Table 5 layout): MultiEnc on frame-level (Frm) and "
+                      "utterance-level (Utt) features, weighted-F1 (%).", "",
+                  "| Modalities | Frm val | Frm test | Utt val | Utt test |", "|---|---|---|---|---|"]
+        for combo in used:
+            row = []
+            for model in ("multienc", BASELINE):
+                stat = cells.get((model, combo))
+                row += [_cell(stat[s]["weighted_f1"]) if stat else "" for s in ("val", "test")]
+            lines.append("| {" + combo + "} | " + " | ".join(row) + " |")
+    text = "\n".join(lines) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
+    """Row-normalised confusion matrix (true emotion rows, predicted columns) as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
+    ax.set_yticks(range(len(EMOTIONS)), EMOTIONS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(len(EMOTIONS)):
+        for j in range(len(EMOTIONS)):
+            ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+def _key_values(items: Sequence[str]) -> dict[str, Any]:
+    values = {}
+    for item in items:
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"--model-config {item!r}: expected FIELD=VALUE or MODEL.FIELD=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            values[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key.strip()] = raw
+    return values
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``m3ed train`` to a CLI's subparsers."""
+    parser = subparsers.add_parser("train", help="train and evaluate a downstream model (Tables 5/6)",
+                                   description=__doc__.split("\n\n")[0])
+    defaults = TrainConfig(features=Path("."))
+    parser.add_argument("--features", required=True, type=Path, help="feature directory (manifest.jsonl + features/)")
+    parser.add_argument("--model", help=f"model name ({', '.join(list_models())}); not needed with --grid")
+    parser.add_argument("--modalities", default="l,a,v", help="subset of l,a,v (default %(default)s)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default %(default)s)")
+    parser.add_argument("--out", type=Path, help="output directory (default runs/MODEL_MODALITIES, runs/grid)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="dialogues per batch (default %(default)s)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: the model's authors')")
+    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the model's)")
+    parser.add_argument("--patience", type=int, default=defaults.patience,
+                        help="stop after this many epochs without a better val weighted-F1 (default %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
+    parser.add_argument("--features-map", default=None,
+                        help="modality=feature_set pairs, e.g. l=roberta_mean,a=wav2vec2_mean "
+                             "(default l=roberta_ft_cls|roberta_mean, a=wav2vec2_ft_last|wav2vec2_mean, v=denseface_mean)")
+    parser.add_argument("--model-config", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="override model config fields, e.g. hidden=256 mdi.fusion=per_block")
+    parser.add_argument("--profile", choices=("paper", "tiny"), default="paper",
+                        help="model sizes: the authors' (paper) or small ones for a quick check (tiny)")
+    parser.add_argument("--class-weights", action="store_true", help="weight the loss by inverse train class frequency")
+    parser.add_argument("--max-frames", type=int, help="frame-level models: keep at most this many frames per utterance")
+    parser.add_argument("--grid", action="store_true", help="every model on every modality combination")
+    parser.add_argument("--models", default="", help="with --grid: comma-separated subset of models")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    parser.set_defaults(func=_run)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.grid and not args.model:
+        print("m3ed train: give --model NAME (or --grid); models: " + ", ".join(list_models()), file=sys.stderr)
+        return 2
+    try:
+        config = TrainConfig(
+            features=args.features, model=args.model or "mdi", modalities=args.modalities,
+            seeds=tuple(int(s) for s in args.seeds.split(",") if s.strip()), out=args.out, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
+            device=args.device, features_map=args.features_map, model_config=_key_values(args.model_config),
+            profile=args.profile, class_weights=args.class_weights, max_frames=args.max_frames, grid=args.grid,
+            grid_models=tuple(m for m in args.models.split(",") if m.strip()), verbose=not args.quiet)
+        train(config)
+    except (FileNotFoundError, ValueError, KeyError, argparse.ArgumentTypeError) as e:
+        print(f"m3ed train: {e}", file=sys.stderr)
+        return 1
+    return 0
+
