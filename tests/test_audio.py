@@ -134,3 +134,14 @@ def test_missing_and_corrupted_models_fail_clearly(tmp_path, monkeypatch):
     (tmp_path / "preprocessor_config.json").write_text("{broken")
     with pytest.raises(ModelUnavailable, match=str(tmp_path)):
         AudioEncoder(ModelSpec(str(tmp_path)))
+
+
+def test_command_line_options_reach_the_stage(tmp_path, models_cache):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    AudioStage.add_arguments(parser)
+    args = parser.parse_args(["--audio-mean-max-seconds", "0", "--audio-ft-seconds", "4"])
+    stage = AudioStage.from_args(args, context(tmp_path, []))
+    assert (stage.config.mean_max_seconds, stage.config.ft_seconds, stage.config.chunk_seconds) == (0.0, 4.0, 30.0)
+    assert stage.feature_sets == (FRAME, MEAN) and stage.provenance()["mean_max_seconds"] == 0.0

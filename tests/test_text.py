@@ -99,3 +99,32 @@ def test_offline_uncached_hub_id_gives_documented_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailable, match="--text-model"):
         TextEncoder(ModelSpec("m3ed-tests/never-cached-model"))
+
+
+def test_batches_respect_the_budget_and_cover_every_item():
+    from m3ed.extract.batching import BatchBudget, plan_batches, restore_order
+
+    lengths = [5, 300, 17, 17, 2, 90, 1000, 17]
+    batches = plan_batches(lengths, BatchBudget(max_items=3, max_padded=200))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches[0] == [6]   # longest first; an over-budget item gets a batch of its own
+    assert all(len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 200) for b in batches)
+    equal = plan_batches(lengths, BatchBudget(8, 10_000, equal_length_only=True))
+    assert all(len({lengths[i] for i in b}) == 1 for b in equal)
+    assert restore_order(batches, [[lengths[i] for i in b] for b in batches]) == lengths
+
+
+def test_command_line_options_reach_the_stage(tmp_path, models_cache):
+    import argparse
+
+    from m3ed.locate import MediaSource
+    from m3ed.pipelines.stage import RunContext
+    from m3ed.store import FeatureStore
+
+    parser = argparse.ArgumentParser()
+    TextStage.add_arguments(parser)
+    args = parser.parse_args(["--text-layer", "1", "--text-batch-tokens", "512", "--text-finetuned", str(tmp_path)])
+    context = RunContext(Corpus(()), MediaSource(None), FeatureStore(tmp_path), get_profile("tiny"))
+    stage = TextStage.from_args(args, context)
+    assert (stage.config.layer, stage.config.batch_tokens) == (1, 512)
+    assert stage.feature_sets == (FRAME, MEAN, "roberta_ft_cls")

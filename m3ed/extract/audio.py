@@ -78,6 +78,9 @@ class AudioEncoder:
         self.budget = BatchBudget(budget.max_items, budget.max_padded, equal_length_only=not invariant)
         self.chunk = max(self.field, int(chunk_seconds * SAMPLE_RATE))
         self.overlap_frames = int(round(overlap_seconds * SAMPLE_RATE / self.hop))
+        if self.overlap_frames >= self.num_frames(self.chunk) // 2:
+            raise ValueError(f"audio chunks of {chunk_seconds} s cannot overlap by {overlap_seconds} s; "
+                             "use an overlap under half the chunk (--audio-chunk-seconds)")
 
     @property
     def frame_rate(self) -> float:
@@ -177,6 +180,12 @@ def decode_dialogue(media: MediaSource, dialogue: Dialogue) -> DecodedDialogue:
     return DecodedDialogue(dialogue, {u.id: media.utterance_audio(audio, u) for u in dialogue.utterances})
 
 
+def _option(args: argparse.Namespace, name: str, default):
+    """An option's value, or ``default`` when the runner's parser lacks it or left it unset."""
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
 class AudioStage(Stage):
     name = "audio"
     feature_sets = (FRAME, MEAN)
@@ -187,7 +196,7 @@ class AudioStage(Stage):
         if config.finetuned:
             self.feature_sets = (FRAME, MEAN, FT_LAST)
         self._encoders: dict[str, AudioEncoder] = {}
-        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3ed-audio-decode")
+        self._decoder: ThreadPoolExecutor | None = None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -210,14 +219,13 @@ class AudioStage(Stage):
     @classmethod
     def from_args(cls, args: argparse.Namespace, context: RunContext) -> "AudioStage":
         defaults = AudioConfig(ModelSpec(""))
-        pick = lambda name, default: default if getattr(args, name, None) is None else getattr(args, name)  # noqa: E731
         config = AudioConfig(
             model=model_spec(context.profile, "audio", getattr(args, "audio_model", None)),
             finetuned=getattr(args, "audio_finetuned", None),
-            mean_max_seconds=pick("audio_mean_max_seconds", defaults.mean_max_seconds),
-            ft_seconds=pick("audio_ft_seconds", None),
-            chunk_seconds=pick("audio_chunk_seconds", defaults.chunk_seconds),
-            batch_seconds=pick("audio_batch_seconds", defaults.batch_seconds),
+            mean_max_seconds=_option(args, "audio_mean_max_seconds", defaults.mean_max_seconds),
+            ft_seconds=_option(args, "audio_ft_seconds", None),
+            chunk_seconds=_option(args, "audio_chunk_seconds", defaults.chunk_seconds),
+            batch_seconds=_option(args, "audio_batch_seconds", defaults.batch_seconds),
         )
         return cls(config, context.device, context.precision)
 
@@ -245,6 +253,8 @@ class AudioStage(Stage):
 
     def process(self, dialogues: list[Dialogue], context: RunContext) -> Iterator[DialogueResult]:
         # Decoding runs ahead in the background thread while the model works on earlier dialogues.
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m3ed-audio-decode")
         pending: list[Future] = [self._decoder.submit(decode_dialogue, context.media, d) for d in dialogues]
         wave: list[DecodedDialogue] = []
         for future in pending:
@@ -292,7 +302,9 @@ class AudioStage(Stage):
         return result
 
     def close(self) -> None:
-        self._decoder.shutdown(wait=True)
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=True)
+            self._decoder = None
         for encoder in self._encoders.values():
             encoder.close()
         self._encoders.clear()

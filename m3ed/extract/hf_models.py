@@ -112,6 +112,7 @@ def local_model_dir(profile: Profile, what: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{what}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
     try:
         with torch.random.fork_rng():
             torch.manual_seed(profile.seed)
