@@ -179,3 +179,21 @@ def test_misaligned_inputs_are_rejected():
     track, score, emb = faces[0]
     with pytest.raises(ValueError, match="track 1"):
         run(dlg, [(track, score[:-1], emb)])
+
+
+def test_one_speaker_per_track():
+    # track 1 is confidently "speaking" through both speakers' turns (an ASD false positive on a
+    # listener): it belongs to A, who has more stage-1 frames in it; B's decisions on it are withdrawn
+    dlg = dialogue(("A", 0.0, 2.0), ("B", 2.0, 3.0), ("A", 3.0, 4.0))
+    faces = [face(0, 100, 1, ID_A, 0.95)]
+    out = run(dlg, faces, single_face_rule=False)
+    assert np.all(out["d_1"][:, COL["stage"]] == STAGE1) and np.all(out["d_3"][:, COL["stage"]] == STAGE1)
+    assert np.all(out["d_2"][:, COL["stage"]] == NO_DECISION)
+    unchecked = run(dlg, faces, single_face_rule=False, one_speaker_per_track=False)
+    assert np.all(unchecked["d_2"][:, COL["stage"]] == STAGE1)
+
+
+def test_one_speaker_per_track_tie_withdraws_everyone():
+    dlg = dialogue(("A", 0.0, 1.0), ("B", 1.0, 2.0))
+    out = run(dlg, [face(0, 50, 1, ID_A, 0.95)], single_face_rule=False)
+    assert all(np.all(rows[:, COL["stage"]] == NO_DECISION) for rows in out.values())

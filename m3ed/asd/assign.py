@@ -11,7 +11,8 @@ when that similarity reaches ``stage2_min_similarity`` and exceeds its similarit
 known speaker by ``stage2_margin``. The authors' extra rules are options: a speaker with fewer than
 ``min_stage1_faces`` stage-1 faces is *unknown* (too little evidence: no stage 2 for them, and
 their bank is not used as a rival), and ``single_face_rule`` gives a lone face in the frame to the
-speaker unless its embedding clearly says it is another known speaker.
+speaker unless its embedding clearly says it is another known speaker. One rule of ours,
+``one_speaker_per_track``: a face track (one person) is never stage-1 evidence for two speakers.
 
 Frames where nothing is decided are recorded as stage 0, never guessed.
 
@@ -60,6 +61,11 @@ class AssignParams:
     #: The authors' rule: a single face in the frame belongs to the current (known) speaker,
     #: unless its embedding assigns it to another known speaker (stage-2 thresholds, reversed).
     single_face_rule: bool = True
+    #: A track is one person and a dialogue's speakers are different people: when stage 1 gives
+    #: one track to several speakers (an ASD false positive on a listener, overlapping speech), the
+    #: track goes to the speaker with most stage-1 frames in it and the others' stage-1 decisions
+    #: on it are withdrawn (on a tie, everyone's). Withdrawn frames may still be decided by stage 2.
+    one_speaker_per_track: bool = True
 
     def __post_init__(self) -> None:
         if self.similarity not in ("mean", "max"):
@@ -96,6 +102,8 @@ def assign_speakers(dialogue: Dialogue, tracks: Sequence[TrackLike], scores: Seq
     frames = {u.id: utterance_frames(u, fps) for u in dialogue.utterances}
 
     stage1 = {u.id: _stage1(frames[u.id], faces_at, probs, params) for u in dialogue.utterances}
+    if params.one_speaker_per_track:
+        stage1 = _one_speaker_per_track(dialogue, stage1)
     banks = _speaker_banks(dialogue, stage1, filled)
     # A speaker needs at least one stage-1 face to be matched at all, whatever min_stage1_faces says.
     known = {s: bank for s, (bank, count) in banks.items() if count >= max(1, params.min_stage1_faces)}
@@ -163,6 +171,21 @@ def _stage1(frames: np.ndarray, faces_at: dict[int, list[_Face]], probs: list[np
         if confident:
             chosen[int(frame)] = max(confident, key=lambda f: probs[f.t][f.j])
     return chosen
+
+
+def _one_speaker_per_track(dialogue: Dialogue, stage1: dict[str, dict[int, _Face]]) -> dict[str, dict[int, _Face]]:
+    """Withdraw stage-1 decisions that give a track to a speaker other than its majority speaker."""
+    counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for u in dialogue.utterances:
+        for face in stage1[u.id].values():
+            counts[face.t][u.speaker] += 1
+    owner = {}
+    for t, by_speaker in counts.items():
+        most = max(by_speaker.values())
+        leaders = [s for s, n in by_speaker.items() if n == most]
+        owner[t] = leaders[0] if len(leaders) == 1 else None
+    return {u.id: {frame: face for frame, face in stage1[u.id].items() if owner[face.t] == u.speaker}
+            for u in dialogue.utterances}
 
 
 def _speaker_banks(dialogue: Dialogue, stage1: dict[str, dict[int, _Face]],
