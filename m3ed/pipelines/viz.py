@@ -128,13 +128,15 @@ def _speaker_rows(dialogue: Dialogue, out_dir: Path) -> dict[int, np.ndarray]:
     return out
 
 
-def _captions(dialogue: Dialogue) -> dict[int, str]:
+def _captions(dialogue: Dialogue) -> dict[int, tuple[str, str]]:
+    """Frame -> (plain caption: id, speaker key, emotion; full caption with name and text)."""
     out = {}
     for u in dialogue.utterances:
         name = dialogue.speaker_name(u.speaker)
-        label = f"{u.id}  {u.speaker}" + (f" ({name})" if name != u.speaker else "") + f"  [{u.emotion or '-'}]  {u.text}"
+        plain = f"{u.id}  {u.speaker}  [{u.emotion or '-'}]"
+        full = f"{u.id}  {u.speaker}" + (f" ({name})" if name != u.speaker else "") + f"  [{u.emotion or '-'}]  {u.text}"
         for frame in range(int(np.ceil(u.start * FPS)), int(np.ceil(u.end * FPS))):
-            out[frame] = label
+            out[frame] = (plain, full)
     return out
 
 
@@ -149,7 +151,7 @@ def _cjk_font(size: int = 20):
     return None
 
 
-def _draw_frame(image: np.ndarray, faces, chosen: np.ndarray | None, caption: str | None, font) -> None:
+def _draw_frame(image: np.ndarray, faces, chosen: np.ndarray | None, caption: tuple[str, str] | None, font) -> None:
     for track_id, box, prob in faces:
         colour = GREEN if prob >= 0.5 else RED
         x1, y1, x2, y2 = (int(round(v)) for v in box)
@@ -165,7 +167,8 @@ def _draw_frame(image: np.ndarray, faces, chosen: np.ndarray | None, caption: st
         _caption(image, caption, font)
 
 
-def _caption(image: np.ndarray, text: str, font) -> None:
+def _caption(image: np.ndarray, caption: tuple[str, str], font) -> None:
+    plain, text = caption
     height = 30
     image[-height:] = (image[-height:] * 0.4).astype(np.uint8)
     if font is not None:
@@ -175,7 +178,6 @@ def _caption(image: np.ndarray, text: str, font) -> None:
         ImageDraw.Draw(strip).text((6, 4), text, font=font, fill=WHITE)
         image[-height:] = np.asarray(strip)
         return
-    ascii_text = text.encode("ascii", "replace").decode()
-    if ascii_text != text:
-        ascii_text = text.split("  [")[0] + "  (text needs a CJK font: set M3ED_FONT)"
-    cv2.putText(image, ascii_text, (6, image.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, WHITE, 1, cv2.LINE_AA)
+    if not text.isascii():
+        text = plain + "  (text: set M3ED_FONT to a CJK font)"
+    cv2.putText(image, text, (6, image.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.5, WHITE, 1, cv2.LINE_AA)
