@@ -59,7 +59,6 @@ def main() -> None:
     result: dict = {"profile": "paper-random", "device": "cpu", "threads": torch.get_num_threads(),
                     "video": f"{span.info.width}x{span.info.height}", "load_average_1min": round(os.getloadavg()[0], 2)}
 
-    detections = None
     for height in (360, 240):
         detector = FaceDetector(DetectionParams(height=height))
         detector.detect(frames[:4])  # warm-up
@@ -67,14 +66,11 @@ def main() -> None:
         _, seconds = timed(lambda: [(shots.update(c), found.add_chunk(detector, c))
                                     for c in np.array_split(frames[:args.frames], max(1, args.frames // 32))])
         result[f"detect_fps_h{height}"] = round(args.frames / seconds, 2)
-        detections = detections or found
     _, seconds = timed(lambda: [ShotDetector().update(frames)])
     result["shots_fps"] = round(len(frames) / seconds, 1)
 
-    full = Detections(1)
-    full.frame_count, full.frame_size = detections.frame_count, detections.frame_size
     detector = FaceDetector(DetectionParams(every=5, height=240))
-    every5, seconds = timed(lambda: Detections(5))
+    every5 = Detections(5)
     _, seconds = timed(lambda: every5.add_chunk(detector, frames))
     result["detect_every5_fps_h240"] = round(len(frames) / seconds, 2)
     tracks = track_faces(every5, np.array([0]))

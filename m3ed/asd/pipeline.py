@@ -38,7 +38,7 @@ from .assign import COLUMNS, AssignParams, assign_speakers
 from .crop import TrackCrops
 from .detect import DetectionParams, Detections, FaceDetector
 from .embed import EMBED_DIM, FaceEmbedder
-from .score import ASD_MODELS, ScoreParams, build_scorer, dialogue_mfcc, score_tracks
+from .score import ASD_MODELS, CHECKPOINT_URLS, ScoreParams, build_scorer, dialogue_mfcc, score_tracks
 from .shots import ShotDetector, ShotParams
 from .track import Track, TrackingParams, track_faces
 
@@ -218,7 +218,7 @@ class AsdStage(Stage):
 
     def provenance(self) -> dict:
         c = self.config
-        weights = c.checkpoint or (None if self.profile.random_init else f"{c.model}:released")
+        weights = c.checkpoint or (None if self.profile.random_init else CHECKPOINT_URLS[c.model])
         return {"detector": "facenet-pytorch-mtcnn", "asd_model": c.model, "asd_checkpoint": weights,
                 "asd_random_seed": self.profile.seed if weights is None else None,
                 "face_embedder": self.profile.face_embedder or f"random(seed={self.profile.seed})",

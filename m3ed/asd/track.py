@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .detect import Detections
-from .shots import shot_index
 
 
 @dataclass(frozen=True)
