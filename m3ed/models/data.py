@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 import torch
 
-from m3ed.corpus import EMOTIONS, SPLITS, Corpus, Dialogue
+from m3ed.corpus import SPLITS, Corpus, Dialogue
 from m3ed.store import FeatureReader, FeatureStore
 
 __all__ = [
@@ -401,7 +401,10 @@ class DialogueData:
 
     def describe(self) -> str:
         sizes = ", ".join(f"{name} {len(self.split(name))}" for name in SPLITS)
-        sets = ", ".join(f"{m}={name} ({self.dims[m]})" for m, name in self.feature_sets.items())
+        coverage = self.coverage()
+        sets = ", ".join(f"{m}={name} ({self.dims[m]}-d" + (f", {100 * coverage[m]:.0f}% of utterances)"
+                                                             if m in coverage else ")")
+                         for m, name in self.feature_sets.items())
         return f"{self.root}: dialogues {sizes}; features {sets}"
 
     def close(self) -> None:
@@ -415,5 +418,3 @@ class DialogueData:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-NUM_CLASSES = len(EMOTIONS)

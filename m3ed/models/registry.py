@@ -131,11 +131,6 @@ def create_model(name: str, profile: str = "paper", **config: Any) -> nn.Module:
     return entry.model_cls(entry.config_cls(**config))
 
 
-def model_config_dict(model: nn.Module) -> dict[str, Any]:
-    """The plain-data config of a model built by :func:`create_model` (what checkpoints store)."""
-    return asdict(model.config)
-
-
 def load_trained_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a model from a training checkpoint and load its weights strictly.
 

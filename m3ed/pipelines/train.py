@@ -196,76 +196,99 @@ def _model_overrides(entry_name: str, overrides: dict[str, Any], strict: bool) -
 
 
 # ---- one model, one modality set -----------------------------------------------------------------
-def _train_seed(config: TrainConfig, data: DialogueData, seed: int, device: torch.device,
-                out: Path, tag: str) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """What one seed's training needs besides the data."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    class_weights: torch.Tensor | None
+    lr: float
+    weight_decay: float
+
+
+def _build(config: TrainConfig, data: DialogueData, seed: int, device: torch.device) -> _Run:
     entry = get_model_entry(config.model)
     seed_everything(seed)
     overrides = _model_overrides(entry.name, config.model_config, strict=not config.grid)
     model = create_model(entry.name, profile=config.profile, input_dims=data.dims,
-                         num_speakers=max(2, data.num_speakers), **overrides)
-    model.to(device)
+                         num_speakers=max(2, data.num_speakers), **overrides).to(device)
     lr = config.lr if config.lr is not None else entry.config_cls.default_lr
     decay = config.weight_decay if config.weight_decay is not None else entry.config_cls.default_weight_decay
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay)
     use_fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
-    weights = _class_weights(data).to(device) if config.class_weights else None
+    return _Run(model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay),
+                torch.amp.GradScaler("cuda", enabled=use_fp16),
+                _class_weights(data).to(device) if config.class_weights else None, lr, decay)
 
-    best = {"score": -1.0, "epoch": 0, "state": None}
+
+def _train_epoch(run: _Run, config: TrainConfig, data: DialogueData, device: torch.device, seed: int) -> float:
+    """One pass over the train dialogues (length-bucketed, shuffled per seed and epoch); mean loss."""
+    run.model.train()
+    total, count = 0.0, 0
+    for batch in data.batches("train", config.batch_size, shuffle=True, seed=seed):
+        batch = batch.to(device)
+        with _autocast(device):
+            logits = run.model(batch)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(),
+                               weight=run.class_weights, ignore_index=IGNORE_INDEX)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if config.grad_clip:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        n = int((batch.labels != IGNORE_INDEX).sum())
+        total, count = total + float(loss.detach()) * n, count + n
+    return total / max(count, 1)
+
+
+def _save_checkpoint(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(record, tmp)
+    tmp.replace(path)
+
+
+def _train_seed(config: TrainConfig, data: DialogueData, seed: int, device: torch.device,
+                out: Path, tag: str) -> dict[str, Any]:
+    """Train with early stopping on val weighted-F1; evaluate the kept weights on val and test."""
+    run = _build(config, data, seed, device)
+    best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": None}
     history = []
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        model.train()
-        total, count = 0.0, 0
-        for batch in data.batches("train", config.batch_size, shuffle=True, seed=seed * 100_003 + epoch):
-            batch = batch.to(device)
-            with _autocast(device):
-                logits = model(batch)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(),
-                                   weight=weights, ignore_index=IGNORE_INDEX)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            n = int((batch.labels != IGNORE_INDEX).sum())
-            total, count = total + float(loss.detach()) * n, count + n
+        loss = _train_epoch(run, config, data, device, seed=seed * 100_003 + epoch)
         train_seconds = time.perf_counter() - started
-        val, _ = evaluate(model, data, "val", config.batch_size, device)
-        improved = val["weighted_f1"] > best["score"]
-        if improved:
+        val, _ = evaluate(run.model, data, "val", config.batch_size, device)
+        if val["weighted_f1"] > best["score"]:
             best = {"score": val["weighted_f1"], "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        history.append({"epoch": epoch, "loss": total / max(count, 1), "val_weighted_f1": val["weighted_f1"],
+                    "state": {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}}
+        history.append({"epoch": epoch, "loss": loss, "val_weighted_f1": val["weighted_f1"],
                         "train_seconds": train_seconds, "seconds": time.perf_counter() - started})
-        _log(config, f"[{tag} seed {seed}] epoch {epoch:3d}/{config.epochs}  loss {total / max(count, 1):.4f}  "
+        _log(config, f"[{tag} seed {seed}] epoch {epoch:3d}/{config.epochs}  loss {loss:.4f}  "
                      f"val WF1 {100 * val['weighted_f1']:5.2f}  best {100 * best['score']:5.2f} @ {best['epoch']}"
                      f"  {history[-1]['seconds']:.1f}s")
         if epoch - best["epoch"] >= config.patience:
             _log(config, f"[{tag} seed {seed}] early stop: no better val WF1 for {config.patience} epochs")
             break
 
-    model.load_state_dict(best["state"])
-    val, _ = evaluate(model, data, "val", config.batch_size, device)
-    test, confusion = evaluate(model, data, "test", config.batch_size, device)
+    run.model.load_state_dict(best["state"])
+    val, _ = evaluate(run.model, data, "val", config.batch_size, device)
+    test, confusion = evaluate(run.model, data, "test", config.batch_size, device)
     checkpoint = out / "checkpoints" / f"seed{seed}.pt"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "model_name": entry.name, "model_config": asdict(model.config), "state_dict": best["state"],
+    _save_checkpoint(checkpoint, {
+        "model_name": run.model.model_name, "model_config": asdict(run.model.config), "state_dict": best["state"],
         "feature_sets": dict(data.feature_sets), "modalities": list(data.modalities), "seed": seed,
         "best_epoch": best["epoch"], "metrics": {"val": val, "test": test}, "emotions": list(EMOTIONS),
         "train_config": config.to_json(), "package_version": __version__,
-    }
-    tmp = checkpoint.with_name(checkpoint.name + ".tmp")
-    torch.save(record, tmp)
-    tmp.replace(checkpoint)
+    })
     _log(config, f"[{tag} seed {seed}] best epoch {best['epoch']}: val WF1 {100 * val['weighted_f1']:.2f}  "
                  f"test WF1 {100 * test['weighted_f1']:.2f}  (macro-F1 {100 * test['macro_f1']:.2f}, "
                  f"acc {100 * test['accuracy']:.2f})")
-    return {"seed": seed, "best_epoch": best["epoch"], "epochs_run": len(history), "lr": lr,
-            "weight_decay": decay, "val": val, "test": test, "confusion_test": confusion.tolist(),
+    return {"seed": seed, "best_epoch": best["epoch"], "epochs_run": len(history), "lr": run.lr,
+            "weight_decay": run.weight_decay, "val": val, "test": test, "confusion_test": confusion.tolist(),
             "checkpoint": str(checkpoint.relative_to(out)), "history": history}
 
 
@@ -302,8 +325,9 @@ def _run_one(config: TrainConfig, device: torch.device) -> dict[str, Any]:
             "package_version": __version__,
         }
     s = results["summary"]
-    _log(config, f"[{tag}] weighted-F1 over {len(runs)} seed(s): val {_cell(s['val']['weighted_f1'])}  "
-                 f"test {_cell(s['test']['weighted_f1'])}  (majority floor: test {100 * floor['test']:.2f})")
+    _log(config, f"[{tag}] over {len(runs)} seed(s): weighted-F1 val {_cell(s['val']['weighted_f1'])}  "
+                 f"test {_cell(s['test']['weighted_f1'])}; test macro-F1 {_cell(s['test']['macro_f1'])}, "
+                 f"accuracy {_cell(s['test']['accuracy'])} (majority-class floor: test WF1 {100 * floor['test']:.2f})")
     _write_json(out / "results.json", results)
     write_table([results], out / "results.md")
     plot_confusion(np.sum([r["confusion_test"] for r in runs], axis=0),
