@@ -117,10 +117,7 @@ def build_extract_parser(parser: argparse.ArgumentParser | None = None) -> argpa
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     for name in STAGE_ORDER:
         if name in STAGES:
-            try:  # DEV-ONLY
-                stage_class(name).add_arguments(parser)
-            except ModuleNotFoundError:
-                pass
+            stage_class(name).add_arguments(parser)
     return parser
 
 
