@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import SAMPLE_VIDEOS, long_episode, merge_results, peak_rss_mb, table
+from common import long_episode, merge_results, peak_rss_mb, table
 
 from m3ed.corpus import Corpus, Dialogue, Utterance
 from m3ed.locate import MediaSource

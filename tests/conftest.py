@@ -37,6 +37,18 @@ def sample_corpus(sample_paths):
     return load_m3ed(sample_paths["annotations"], sample_paths["relation"], sample_paths["splits"])
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny batches gain nothing from threads, and on a busy machine spinning threads cost several times.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def models_cache(tmp_path_factory) -> Path:
     """One cache of locally built tiny models for the whole session."""

@@ -11,13 +11,7 @@ from m3ed.asd.embed import EMBED_DIM, EMBED_SIZE, FaceEmbedder
 from m3ed.profiles import ModelUnavailable, get_profile
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny batches gain nothing from threads, and on a busy machine spinning threads cost several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

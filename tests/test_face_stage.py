@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-import torch
 
 from m3ed.asd.assign import COLUMNS
 from m3ed.corpus import Corpus, Dialogue, Utterance
@@ -23,13 +22,7 @@ from m3ed.store import FeatureStore
 FACE_BOX = np.array([110, 30, 200, 130], np.float32)  # the astronaut's face in the 320x240 frames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny batches gain nothing from threads, and on a busy machine spinning threads cost several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_clip(path: Path, frames: int = 50) -> Path:

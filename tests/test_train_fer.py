@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-import torch
 
 from m3ed.extract.face import FaceConfig, FaceStage
 from m3ed.models.densenet_fer import FER_PLUS_CLASSES, DenseNetFER
@@ -22,13 +21,7 @@ AFFECTNET_HEADER = ["subDirectory_filePath", "face_x", "face_y", "face_width", "
 FACE = (slice(20, 220), slice(150, 350))  # the astronaut's face in skimage.data.astronaut()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny batches gain nothing from threads, and on a busy machine spinning threads cost several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def real_faces(n: int, size: int | None = None) -> list[np.ndarray]:
