@@ -50,8 +50,11 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(list_models()))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: on a shared 2-core machine two threads ran 5-20x slower)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "train_results.json")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     data, generation_seconds = ensure_data(args.data)
     corpus = Corpus.from_jsonl(data / "manifest.jsonl")

@@ -9,7 +9,9 @@ Per seed: everything seeded (``random``, NumPy, torch) and deterministic algorit
 the model's authors' learning rate unless given; one epoch = the train dialogues in length-bucketed
 batches; after each epoch the validation weighted-F1 decides, alone, which epoch's weights are kept
 and when to stop (``patience`` epochs without improvement). The test split is evaluated once, with
-the kept weights. Mixed precision (bf16, else fp16 with loss scaling) on CUDA.
+the kept weights (no early stop before ``min_epochs``: at the authors' small learning rates
+models sit at the majority class for the first epochs, and a flat val score there means nothing).
+Mixed precision (bf16, else fp16 with loss scaling) on CUDA.
 
 Outputs in ``--out``: ``results.json`` (config, per-seed metrics and histories, summary),
 ``results.md`` (the paper's table layout), ``confusion.png`` (test confusion matrix, all seeds
@@ -59,6 +61,7 @@ class TrainConfig:
     lr: float | None = None                  # None: the model's default (its authors')
     weight_decay: float | None = None
     patience: int = 10                       # epochs without a better val weighted-F1
+    min_epochs: int = 20                     # no early stop before (slow starters sit at the majority class)
     device: str = "auto"                     # auto, cpu, cuda, cuda:1, ...
     features_map: dict[str, str] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)   # overrides of the model's config
@@ -270,7 +273,7 @@ def _train_seed(config: TrainConfig, data: DialogueData, seed: int, device: torc
         _log(config, f"[{tag} seed {seed}] epoch {epoch:3d}/{config.epochs}  loss {loss:.4f}  "
                      f"val WF1 {100 * val['weighted_f1']:5.2f}  best {100 * best['score']:5.2f} @ {best['epoch']}"
                      f"  {history[-1]['seconds']:.1f}s")
-        if epoch - best["epoch"] >= config.patience:
+        if epoch >= config.min_epochs and epoch - best["epoch"] >= config.patience:
             _log(config, f"[{tag} seed {seed}] early stop: no better val WF1 for {config.patience} epochs")
             break
 
@@ -475,6 +478,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the model's)")
     parser.add_argument("--patience", type=int, default=defaults.patience,
                         help="stop after this many epochs without a better val weighted-F1 (default %(default)s)")
+    parser.add_argument("--min-epochs", type=int, default=defaults.min_epochs,
+                        help="never stop before this epoch (default %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
     parser.add_argument("--features-map", default=None,
                         help="modality=feature_set pairs, e.g. l=roberta_mean,a=wav2vec2_mean "
@@ -501,12 +506,13 @@ def _run(args: argparse.Namespace) -> int:
             features=args.features, model=args.model or "mdi", modalities=args.modalities,
             seeds=tuple(int(s) for s in args.seeds.split(",") if s.strip()), out=args.out, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
+            min_epochs=args.min_epochs,
             device=args.device, features_map=args.features_map, model_config=_key_values(args.model_config),
             profile=args.profile, class_weights=args.class_weights, max_frames=args.max_frames, grid=args.grid,
             grid_models=tuple(m for m in args.models.split(",") if m.strip()), verbose=not args.quiet)
         train(config)
     except (FileNotFoundError, ValueError, KeyError, argparse.ArgumentTypeError) as e:
-        print(f"m3ed train: {e}", file=sys.stderr)
+        print(f"m3ed train: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     return 0
 
