@@ -13,15 +13,7 @@ from m3ed.models.registry import create_model, get_model_entry, list_models
 from m3ed.synthetic import SyntheticConfig, make_synthetic
 
 MODELS = list_models()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models run fastest, and timings stay sane on a shared 2-core machine, with one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models: threads only cost
 
 
 @pytest.fixture(scope="module")

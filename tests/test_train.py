@@ -21,14 +21,7 @@ from m3ed.synthetic import SyntheticConfig, add_synthetic_parser, make_synthetic
 DIALOGUE_MODELS = ("dialoguernn", "dialoguegcn", "mmgcn", "mdi")
 BASELINE = "multienc_pooled"
 MARGIN = 0.03      # weighted-F1, averaged over val and test
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny models: threads only cost
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,6 @@ def features_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(features_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    torch.set_num_threads(1)
     runs = tmp_path_factory.mktemp("runs")
     results = {}
     for name in (BASELINE, "multienc") + DIALOGUE_MODELS:
