@@ -6,6 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := out/demo
+# Real ASD weights make the demo's speaker faces meaningful; random weights find no speaker, honestly.
+# Point LIGHT_ASD_WEIGHTS at Light-ASD's released finetuning_TalkSet.model (used when the file exists).
+LIGHT_ASD_WEIGHTS ?= ../shared/reference/weights/light_asd_finetuning_TalkSet.model
+ASD_OPTIONS := $(if $(wildcard $(LIGHT_ASD_WEIGHTS)),--asd-model light-asd --asd-checkpoint $(LIGHT_ASD_WEIGHTS),)
 # The demo and the tests never reach a model hub.
 export HF_HUB_OFFLINE := 1
 export M3ED_CACHE ?= $(CURDIR)/.cache/m3ed
@@ -23,7 +27,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/m3ed finetune text --profile tiny --out $(DEMO)/finetune/text --epochs 1 --no-progress
 	$(BIN)/m3ed finetune audio --profile tiny --out $(DEMO)/finetune/audio --epochs 1 --no-progress
-	$(BIN)/m3ed-extract --profile tiny --out $(DEMO) --device cpu --no-progress \
+	$(BIN)/m3ed-extract --profile tiny --out $(DEMO) --device cpu $(ASD_OPTIONS) \
 		--text-finetuned $(DEMO)/finetune/text --audio-finetuned $(DEMO)/finetune/audio
 	$(BIN)/m3ed viz-asd sampleshow_1 --features $(DEMO) --out $(DEMO)/sampleshow_1_asd.mp4
 	$(BIN)/m3ed train --features $(DEMO) --model mdi --modalities l,a,v --epochs 3 --seeds 0 --out $(DEMO)/train

@@ -139,13 +139,18 @@ def model_spec(profile: Profile, what: str, override: str | None = None) -> Mode
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """Hide transformers' load report (e.g. the CTC head that the encoder-only load leaves out)."""
+    """Hide transformers' load report (e.g. the CTC head that the encoder-only load leaves out) and
+    its per-load progress bars (our own bars report the work)."""
     level = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     try:
         yield
     finally:
         transformers.logging.set_verbosity(level)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def load_text(spec: ModelSpec, option: str = "--text-model"):
