@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..corpus import Corpus
+from ..locate import MediaSource, Timing
 from ..store import Failure, FeatureStore, config_hash
 from .cut import cut_corpus
 from .stage import DialogueResult, RunContext, Stage, failed_dialogue, stage_class
@@ -155,3 +156,14 @@ def _versions() -> dict:
     except ImportError:
         pass
     return versions
+
+
+def media_of_run(out_dir, videos=None, pattern: str | None = None) -> MediaSource:
+    """The media source a finished run used (videos folder, pattern, time conventions), from its
+    ``run.json``; ``videos``/``pattern`` override it."""
+    store = FeatureStore(out_dir)
+    config = json.loads(store.run_path.read_text(encoding="utf-8")).get("config", {}) if store.run_path.exists() else {}
+    timing = Timing(fps=config.get("fps", Timing.fps),
+                    dialogue_offset_frames=config.get("dialogue_offset_frames", Timing.dialogue_offset_frames),
+                    audio_shift=config.get("audio_shift", Timing.audio_shift))
+    return MediaSource(videos or config.get("videos"), pattern or config.get("video_pattern"), timing)

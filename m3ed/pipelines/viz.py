@@ -30,6 +30,7 @@ from ..corpus import Corpus, Dialogue
 from ..locate import MediaSource
 from ..media import MediaError, ffmpeg_exe
 from ..store import FeatureReader
+from .extract import media_of_run
 
 FPS = 25.0
 FONT_CANDIDATES = (
@@ -46,7 +47,7 @@ def add_viz_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("viz-asd", help="render a dialogue with its face tracks, ASD scores and chosen speaker faces")
     p.add_argument("dialogue", help="dialogue id")
     p.add_argument("--features", type=Path, required=True, metavar="OUT", help="output directory of m3ed-extract (asd stage run)")
-    p.add_argument("--videos", type=Path, help="folder of episode videos or dialogue clips (default: where the manifest points)")
+    p.add_argument("--videos", type=Path, help="folder of episode videos or dialogue clips (default: the one the run used, from OUT/run.json)")
     p.add_argument("--video-pattern", help="file name pattern inside --videos (see m3ed-extract --help)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.mp4")
     p.set_defaults(func=run_viz)
@@ -56,7 +57,7 @@ def add_viz_parser(subparsers) -> argparse.ArgumentParser:
 def run_viz(args: argparse.Namespace) -> int:
     corpus = Corpus.from_jsonl(args.features / "manifest.jsonl")
     dialogue = corpus[args.dialogue]
-    render(dialogue, args.features, MediaSource(args.videos, args.video_pattern), args.out)
+    render(dialogue, args.features, media_of_run(args.features, args.videos, args.video_pattern), args.out)
     print(f"wrote {args.out}")
     return 0
 
