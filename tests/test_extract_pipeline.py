@@ -124,3 +124,26 @@ def _ffmpeg() -> str:
     from m3ed.media import ffmpeg_exe
 
     return ffmpeg_exe()
+
+
+def test_rerun_of_a_finished_run_keeps_everything(tmp_path, sample_corpus, models_cache):
+    """A second identical run reuses the published files and keeps the failures already recorded."""
+    from m3ed.pipelines.cli import extract_main
+
+    d = sample_corpus["sampleval_1"]
+    silent = dataclasses.replace(d.utterances[0], text="  ")           # an utterance with no text
+    corpus = Corpus((dataclasses.replace(d, utterances=(silent,) + d.utterances[1:]),))
+    corpus_path = tmp_path / "corpus.jsonl"
+    corpus.to_jsonl(corpus_path)
+    argv = ["--annotations", str(corpus_path), "--out", str(tmp_path / "out"), "--stages", "text",
+            "--profile", "tiny", "--device", "cpu", "--no-progress"]
+    assert extract_main(argv) == 0
+    first = _outputs(tmp_path / "out")
+    assert b"empty text" in first["failures.jsonl"]
+    assert extract_main(argv) == 0
+    assert _outputs(tmp_path / "out") == first
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["stages"]["text"]["reused"] is True
+    # A run of another stage keeps the text stage's failures on record.
+    assert extract_main(argv[:5] + ["cut"] + argv[6:] + ["--videos", str(REPO / "samples" / "videos")]) == 0
+    assert b"empty text" in (tmp_path / "out" / "failures.jsonl").read_bytes()

@@ -31,6 +31,7 @@ class StageReport:
     dialogues_skipped: int = 0
     dialogues_failed: list[str] = field(default_factory=list)
     feature_files: list[str] = field(default_factory=list)
+    reused: bool = False   # the published files of an earlier complete run were kept as they are
 
 
 def run_stage(stage: Stage, context: RunContext, progress: bool = True) -> StageReport:
@@ -48,6 +49,7 @@ def run_stage(stage: Stage, context: RunContext, progress: bool = True) -> Stage
     if published and not parts_left:
         # A previous run finished this stage completely and tidied its parts away.
         report.dialogues_skipped = len(dialogues)
+        report.reused = True
         report.feature_files = [str(store.feature_path(fs)) for fs in stage.feature_sets]
         return report
     report.dialogues_skipped = len(done)
@@ -114,9 +116,12 @@ def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args:
         "config": {k: v for k, v in vars(args).items() if k != "func"}, "versions": _versions(),
         "stages": {}, "complete": False,
     }
+    previous = store.read_failures()
     failures: list[Failure] = []
+    produced: set[str] = set()
     for name in stages:
         if name == "cut":
+            produced.add("cut")
             started = time.perf_counter()
             cut_failures = cut_corpus(corpus, context.media, store.root / "clips", workers=cut_workers, progress=progress)
             failures += cut_failures
@@ -128,11 +133,15 @@ def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args:
             report = run_stage(stage, context, progress)
         finally:
             stage.close()
+        produced.update(stage.feature_sets)
         for fs in stage.feature_sets:
-            failures += store.failures(fs, corpus)
+            # A reused stage has no parts left: its failures are those the earlier run recorded.
+            failures += [f for f in previous if f.feature_set == fs] if report.reused else store.failures(fs, corpus)
             if not keep_parts and not report.dialogues_failed:
                 store.remove_parts(fs)
         record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance()}
+    # Failures of feature sets this run did not touch stay recorded.
+    failures = [f for f in previous if f.feature_set not in produced] + failures
     store.write_failures(failures)
     record["failures"] = len(failures)
     record["failed_dialogues"] = sorted({f.dialogue_id for f in failures if f.utterance_id is None})
