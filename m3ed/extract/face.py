@@ -144,7 +144,9 @@ class FaceStage(Stage):
 
     def provenance(self) -> dict:
         c = self.config
-        return {"model": "densenet-bc-100-fer", "checkpoint": c.checkpoint, "checkpoint_sha256": self._checkpoint_sha,
+        # The checkpoint counts by content (sha256), so moving the file does not invalidate finished work.
+        return {"model": "densenet-bc-100-fer", "checkpoint": Path(c.checkpoint).name if c.checkpoint else None,
+                "checkpoint_sha256": self._checkpoint_sha,
                 "random_seed": None if c.checkpoint else c.seed, "mean": c.mean, "std": c.std,
                 "crop_scale": c.crop_scale, "fps": self.fps, "speaker_faces": self.speaker_faces_hash,
                 "precision": self.precision if self.device.type == "cuda" else "fp32"}
