@@ -11,7 +11,7 @@ or ``"frame"`` (a sequence per utterance: MultiEnc).
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
