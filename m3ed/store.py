@@ -269,14 +269,7 @@ class FeatureReader:
                     if a is not None:
                         x[i, j], mask[i, j] = a, True
             return x, mask
-        t = max(a.shape[0] for a in present)
-        x = np.zeros((len(dialogues), n, t, self.dim), np.float32)
-        mask = np.zeros((len(dialogues), n, t), bool)
-        for i, row in enumerate(arrays):
-            for j, a in enumerate(row):
-                if a is not None:
-                    x[i, j, : len(a)], mask[i, j, : len(a)] = a, True
-        return x, mask
+        return pad_frames(arrays, self.dim)
 
     def close(self) -> None:
         self._h5.close()
@@ -286,6 +279,20 @@ class FeatureReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def pad_frames(rows: list[list[np.ndarray | None]], dim: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Frame-level arrays ``[T, D]`` (None: missing) per dialogue row -> zero-padded ``x [B, N, T, D]``
+    and ``mask [B, N, T]`` of the real frames."""
+    n = max((len(row) for row in rows), default=0) if n is None else n
+    t = max((len(a) for row in rows for a in row if a is not None), default=1)
+    x = np.zeros((len(rows), n, t, dim), np.float32)
+    mask = np.zeros((len(rows), n, t), bool)
+    for i, row in enumerate(rows):
+        for j, a in enumerate(row):
+            if a is not None:
+                x[i, j, : len(a)], mask[i, j, : len(a)] = a, True
+    return x, mask
 
 
 def _decode_attr(value):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from m3ed.corpus import SPLITS, Corpus, Dialogue
-from m3ed.store import FeatureReader, FeatureStore
+from m3ed.store import FeatureReader, FeatureStore, pad_frames
 
 __all__ = [
     "DEFAULT_FEATURE_SETS",
@@ -291,14 +291,7 @@ class _FrameLevelSet:
         return array if len(array) else None
 
     def gather(self, utterance_ids: list[list[str]], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        arrays = [[self.read(u) for u in row] for row in utterance_ids]
-        t = max((len(a) for row in arrays for a in row if a is not None), default=1)
-        x = np.zeros((len(arrays), n, t, self.dim), np.float32)
-        frames = np.zeros((len(arrays), n, t), bool)
-        for i, row in enumerate(arrays):
-            for j, a in enumerate(row):
-                if a is not None:
-                    x[i, j, :len(a)], frames[i, j, :len(a)] = a, True
+        x, frames = pad_frames([[self.read(u) for u in row] for row in utterance_ids], self.dim, n)
         return x, frames, frames.any(-1)
 
     def close(self) -> None:
