@@ -52,7 +52,8 @@ def config_hash(config: Mapping) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file under a temporary name, then rename it: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -131,7 +132,7 @@ class FeatureStore:
         """Record that a whole dialogue failed; it is not done, so a re-run tries it again."""
         path = self._failed_path(feature_set, dialogue_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(path, Failure(feature_set, dialogue_id, None, reason).to_json() + "\n")
+        atomic_write_text(path, Failure(feature_set, dialogue_id, None, reason).to_json() + "\n")
 
     def failures(self, feature_set: str, corpus: Corpus) -> list[Failure]:
         """Failures recorded for ``feature_set``, in corpus order."""
@@ -189,11 +190,11 @@ class FeatureStore:
         corpus.to_jsonl(self.manifest_path)
 
     def write_failures(self, failures: Iterable[Failure]) -> None:
-        _atomic_write_text(self.failures_path, "".join(f.to_json() + "\n" for f in failures))
+        atomic_write_text(self.failures_path, "".join(f.to_json() + "\n" for f in failures))
 
     def write_run(self, record: Mapping) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.run_path, json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
+        atomic_write_text(self.run_path, json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
 
     def read_failures(self) -> list[Failure]:
         if not self.failures_path.exists():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -33,7 +32,7 @@ import torch
 from ..corpus import Dialogue
 from ..media import MediaError
 from ..pipelines.stage import DialogueResult, RunContext, Stage, failed_dialogue
-from ..store import Failure
+from ..store import Failure, atomic_write_text
 from .assign import COLUMNS, AssignParams, assign_speakers
 from .crop import TrackCrops
 from .detect import DetectionParams, Detections, FaceDetector
@@ -255,9 +254,7 @@ class AsdStage(Stage):
             return
         path = tracks_path(self.out_dir, faces.dialogue_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(faces.to_json(), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, faces.to_json())
 
     def close(self) -> None:
         self.pipeline.close()

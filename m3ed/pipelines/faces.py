@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +16,7 @@ from ..asd.detect import DetectionParams, Detections, FaceDetector
 from ..asd.shots import ShotDetector, ShotParams
 from ..asd.track import TrackingParams, track_faces
 from ..media import iter_frames, probe
+from ..store import atomic_write_text
 
 FPS = 25.0
 
@@ -58,9 +58,7 @@ def run_faces(args: argparse.Namespace) -> int:
               "detection": asdict(detection), "tracking": asdict(tracking), "shots_params": asdict(shot_params),
               "shots": shots.boundaries().tolist(), "tracks": [t.to_dict() for t in tracks]}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(f".{args.json.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(args.json)
+    atomic_write_text(args.json, json.dumps(record, ensure_ascii=False))
     print(f"{args.video}: {detections.frame_count} frames ({end - args.start:.2f} s), "
           f"{len(record['shots'])} shot(s), {detections.count()} faces on {len(detections.faces)} detected frames "
           f"({len(detections.faces) / max(seconds, 1e-9):.1f} frames/s), {len(tracks)} track(s)")

@@ -41,6 +41,7 @@ from m3ed.corpus import EMOTIONS
 from m3ed.models.data import (IGNORE_INDEX, DialogueData, modality_combinations, parse_features_map,
                               parse_modalities)
 from m3ed.models.registry import create_model, get_model_entry, list_models
+from m3ed.store import atomic_write_text
 
 __all__ = ["TrainConfig", "add_train_parser", "evaluate", "train", "write_table"]
 
@@ -370,9 +371,7 @@ def _run_grid(config: TrainConfig, device: torch.device) -> dict[str, Any]:
 
 # ---- outputs --------------------------------------------------------------------------------------
 def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
 
 def _cell(stat: dict[str, float]) -> str:
