@@ -30,6 +30,20 @@ def utterance_number(utt_id: str, dialogue_id: str) -> int | None:
 
 
 @dataclass(frozen=True)
+class Problem:
+    """Something wrong in the annotations, with its place. A ``blocking`` problem means that the
+    dialogue cannot be processed at all (e.g. a row with missing fields)."""
+
+    where: str     # "dialogue_id" or "dialogue_id/utterance_id"
+    message: str
+    dialogue_id: str | None = None
+    blocking: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass(frozen=True)
 class Speaker:
     key: str                 # "A", "B", ... within a dialogue
     name: str = ""
@@ -87,6 +101,7 @@ class Dialogue:
 @dataclass(frozen=True)
 class Corpus:
     dialogues: tuple[Dialogue, ...]
+    problems: tuple[Problem, ...] = ()   # found while loading (not saved with the corpus)
 
     def __iter__(self) -> Iterator[Dialogue]:
         return iter(self.dialogues)
@@ -105,20 +120,23 @@ class Corpus:
             yield from dialogue.utterances
 
     def split(self, name: str) -> "Corpus":
-        return Corpus(tuple(d for d in self.dialogues if d.split == name))
+        return self._keep({d.id for d in self.dialogues if d.split == name})
 
     def select(self, dialogue_ids: Iterable[str]) -> "Corpus":
-        wanted = set(dialogue_ids)
-        return Corpus(tuple(d for d in self.dialogues if d.id in wanted))
+        return self._keep(set(dialogue_ids))
+
+    def _keep(self, wanted: set[str]) -> "Corpus":
+        return Corpus(tuple(d for d in self.dialogues if d.id in wanted),
+                      tuple(p for p in self.problems if p.dialogue_id in wanted))
+
+    def jsonl_text(self) -> str:
+        return "".join(json.dumps(dialogue_to_dict(d), ensure_ascii=False) + "\n" for d in self.dialogues)
 
     def to_jsonl(self, path: str | Path) -> None:
         """Write one dialogue per line (atomically: temporary name, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for dialogue in self.dialogues:
-                f.write(json.dumps(dialogue_to_dict(dialogue), ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        from .files import atomic_write_text
+
+        atomic_write_text(path, self.jsonl_text())
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> "Corpus":

@@ -12,7 +12,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from .corpus import SPLITS, Corpus, Dialogue, Speaker, Utterance, utterance_number
+from .corpus import SPLITS, Corpus, Dialogue, Problem, Speaker, Utterance, utterance_number
 from .timecode import DEFAULT_FPS, TimecodeParser
 
 _LABEL_SEPARATORS = re.compile(r"[,，;；|&/、\s]+")
@@ -91,12 +91,13 @@ def load_m3ed(
             if dialogue_id == "__duplicates__":
                 continue
             where = f"{annotations.name}: {show}/{dialogue_id}"
+            placed = f"{Path(relation).name}: {show}/{dialogue_id}" if relation else where
             placement = relations.get(show, {}).get(dialogue_id, {})
-            dialogues.append(_release_dialogue(show, dialogue_id, record, placement, show_split, parse, where))
+            dialogues.append(_release_dialogue(show, dialogue_id, record, placement, show_split, parse, where, placed))
     return Corpus(tuple(dialogues))
 
 
-def _release_dialogue(show, dialogue_id, record, placement, show_split, parse, where) -> Dialogue:
+def _release_dialogue(show, dialogue_id, record, placement, show_split, parse, where, placed) -> Dialogue:
     if not isinstance(record, dict) or "Dialog" not in record:
         raise AnnotationError(f"{where}: dialogue has no 'Dialog' entry")
     speakers = {
@@ -113,8 +114,8 @@ def _release_dialogue(show, dialogue_id, record, placement, show_split, parse, w
     utterances += [u for u in utterances if u.id in duplicates]
     start = end = None
     if placement:
-        start = parse(placement["start_time"], f"{where} start_time")
-        end = parse(placement["end_time"], f"{where} end_time")
+        start = parse(placement["start_time"], f"{placed} start_time")
+        end = parse(placement["end_time"], f"{placed} end_time")
     return Dialogue(
         id=dialogue_id, show=show, utterances=tuple(utterances), speakers=speakers,
         split=show_split.get(show), episode=int(placement["episode"]) if placement else None,
@@ -146,7 +147,6 @@ def _release_utterance(dialogue_id, utt_id, record, parse, where) -> Utterance:
 
 # Generic manifest: one utterance per row. Column names (the CSV header or the JSON keys).
 MANIFEST_COLUMNS = ("dialogue_id", "utterance_id", "speaker", "start", "end", "text", "emotion", "video")
-OPTIONAL_COLUMNS = ("show", "split", "video_start", "video_end", "speaker_name")
 
 
 def load_manifest(path: str | Path) -> Corpus:
@@ -159,7 +159,7 @@ def load_manifest(path: str | Path) -> Corpus:
     speaker_name. Rows keep their order within a dialogue.
     """
     path = Path(path)
-    rows = _manifest_rows(path)
+    rows, problems = _manifest_rows(path)
     by_dialogue: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_dialogue[row["dialogue_id"]].append(row)
@@ -170,20 +170,27 @@ def load_manifest(path: str | Path) -> Corpus:
         if video and not Path(video).is_absolute():
             video = str((path.parent / video).resolve())
         speakers = {r["speaker"]: Speaker(key=r["speaker"], name=r.get("speaker_name") or "") for r in dialogue_rows}
-        utterances = tuple(_manifest_utterance(r, f"{path.name}: {dialogue_id}/{r['utterance_id']}") for r in dialogue_rows)
+        utterances = tuple(_manifest_utterance(r, f"{path.name}: {dialogue_id}/{r['utterance_id']}", problems)
+                           for r in dialogue_rows)
         dialogues.append(Dialogue(
             id=dialogue_id, show=first.get("show") or dialogue_id, utterances=utterances, speakers=speakers,
             split=first.get("split") or None, video=video,
             start=_optional_float(first.get("video_start")), end=_optional_float(first.get("video_end")),
         ))
-    return Corpus(tuple(dialogues))
+    return Corpus(tuple(dialogues), tuple(problems))
 
 
-def _manifest_rows(path: Path) -> list[dict]:
+def _manifest_rows(path: Path) -> tuple[list[dict], list[Problem]]:
+    """The rows, and a blocking problem for each row that lacks a required value (its dialogue is
+    then refused by a run; the others go on)."""
     try:
         if path.suffix.lower() == ".csv":
             with open(path, encoding="utf-8-sig", newline="") as f:
-                rows = list(csv.DictReader(f))
+                reader = csv.DictReader(f)
+                rows = list(reader)
+            absent = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or []) and c != "video"]
+            if absent:
+                raise AnnotationError(f"{path}: the header lacks columns {absent} (required: {list(MANIFEST_COLUMNS)})")
         else:
             with open(path, encoding="utf-8") as f:
                 rows = [json.loads(line) for line in f if line.strip()]
@@ -191,19 +198,33 @@ def _manifest_rows(path: Path) -> list[dict]:
         raise AnnotationError(f"{path}: file not found") from e
     except (json.JSONDecodeError, csv.Error) as e:
         raise AnnotationError(f"{path}: cannot parse manifest ({e})") from e
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    problems = []
+    header = 1 if path.suffix.lower() == ".csv" else 0   # the CSV header is line 1
     for number, row in enumerate(rows, 1):
-        missing = [c for c in MANIFEST_COLUMNS if c not in row and c != "video"]
+        line = f"{path.name}:{number + header}"
+        if not str(row.get("dialogue_id") or "").strip() or not str(row.get("utterance_id") or "").strip():
+            raise AnnotationError(f"{line}: the row has no dialogue_id or utterance_id (required: {list(MANIFEST_COLUMNS)})")
+        # A key absent from a JSON row, or a CSV row shorter than its header (the value is None).
+        missing = [c for c in MANIFEST_COLUMNS if c != "video" and row.get(c) is None]
         if missing:
-            raise AnnotationError(f"{path}: row {number} lacks columns {missing} (required: {list(MANIFEST_COLUMNS)})")
-    return [{k: ("" if v is None else v) for k, v in row.items()} for row in rows]
+            problems.append(Problem(f"{row['dialogue_id']}/{row['utterance_id']}",
+                                    f"{line}: missing value(s) for {missing} (required: {list(MANIFEST_COLUMNS[:-1])}; "
+                                    f"an empty emotion means unlabelled, but it must be present)",
+                                    dialogue_id=str(row["dialogue_id"]), blocking=True))
+    return [{k: ("" if v is None else v) for k, v in row.items() if k is not None} for row in rows], problems
 
 
-def _manifest_utterance(row: dict, where: str) -> Utterance:
+def _manifest_utterance(row: dict, where: str, problems: list[Problem]) -> Utterance:
     emotions = split_labels(row.get("emotion"))
     try:
         start, end = float(row["start"]), float(row["end"])
     except ValueError as e:
-        raise AnnotationError(f"{where}: start/end must be seconds ({e})") from e
+        # Recorded, and the dialogue refused; the rest of the manifest stays usable.
+        problems.append(Problem(f"{row['dialogue_id']}/{row['utterance_id']}", f"{where}: start/end must be seconds ({e})",
+                                dialogue_id=str(row["dialogue_id"]), blocking=True))
+        start = end = 0.0
     return Utterance(
         id=str(row["utterance_id"]), dialogue_id=str(row["dialogue_id"]), speaker=str(row["speaker"]),
         start=start, end=end, text=str(row.get("text", "")),

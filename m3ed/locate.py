@@ -64,6 +64,7 @@ class MediaSource:
         self.videos_dir = Path(videos_dir) if videos_dir else None
         self.pattern = pattern
         self.timing = timing
+        self._spans: dict[str, DialogueSpan] = {}   # located once per dialogue (a probe each)
 
     def candidates(self, dialogue: Dialogue) -> list[Path]:
         """Every path that could hold this dialogue, in the order they are tried."""
@@ -88,15 +89,22 @@ class MediaSource:
         return paths
 
     def locate(self, dialogue: Dialogue) -> DialogueSpan:
+        cached = self._spans.get(dialogue.id)
+        if cached is not None and cached.path == self._first_existing(dialogue):
+            return cached
         tried = self.candidates(dialogue)
         for path in tried:
             if path.is_file():
-                return self._span(dialogue, path)
+                self._spans[dialogue.id] = span = self._span(dialogue, path)
+                return span
         # One line per location, extensions folded: "videos/show01.{mp4,mkv,...}".
         stems = dict.fromkeys(str(p.with_suffix("")) if p.suffix[1:] in VIDEO_EXTENSIONS else str(p) for p in tried)
         shown = "\n".join(f"  {stem}.{{{','.join(VIDEO_EXTENSIONS)}}}" for stem in stems)
         raise VideoNotFound(f"dialogue {dialogue.id}: no video found; tried:\n{shown}\n"
                             f"  (set --videos, or --video-pattern for another layout)")
+
+    def _first_existing(self, dialogue: Dialogue) -> Path | None:
+        return next((p for p in self.candidates(dialogue) if p.is_file()), None)
 
     def _span(self, dialogue: Dialogue, path: Path) -> DialogueSpan:
         info = probe(path)

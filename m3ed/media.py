@@ -18,6 +18,8 @@ from typing import Iterator
 import ffmpeg
 import numpy as np
 
+from .files import atomic_path
+
 SAMPLE_RATE = 16000
 # Decoded AAC runs ~10 ms past the video, and timecodes are frame-rounded: spans may overhang
 # the end of a file by this much before we call them out of range.
@@ -168,17 +170,14 @@ def cut_video(src: str | Path, dst: str | Path, start: float, end: float, *, pre
               crf: int = 18) -> Path:
     """Frame-accurate clip (H.264 + AAC), re-encoded; written to a temporary name, then renamed."""
     dst = Path(dst)
-    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp{dst.suffix}")
-    cmd = (ffmpeg.input(str(src), ss=f"{start:.6f}")
-           .output(str(tmp), t=f"{end - start:.6f}", vcodec="libx264", preset=preset, crf=crf,
-                   pix_fmt="yuv420p", acodec="aac", movflags="+faststart", loglevel="error")
-           .overwrite_output().compile(cmd=ffmpeg_exe()))
-    try:
+    if end <= start:
+        raise MediaError(f"{src}: empty span {start:.3f}–{end:.3f} s; no clip written for {dst.name}")
+    with atomic_path(dst) as tmp:
+        cmd = (ffmpeg.input(str(src), ss=f"{start:.6f}")
+               .output(str(tmp), t=f"{end - start:.6f}", vcodec="libx264", preset=preset, crf=crf,
+                       pix_fmt="yuv420p", acodec="aac", movflags="+faststart", loglevel="error")
+               .overwrite_output().compile(cmd=ffmpeg_exe()))
         _run(cmd, src, f"cutting {start:.3f}–{end:.3f} s to {dst.name}")
-    except MediaError:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(dst)
     return dst
 
 
@@ -187,12 +186,12 @@ def write_wav(samples: np.ndarray, dst: str | Path, sample_rate: int = SAMPLE_RA
     import wave
 
     dst = Path(dst)
-    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp.wav")
+    if len(samples) == 0:
+        raise MediaError(f"{dst.name}: no audio samples (empty span); no wav written")
     pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(tmp), "wb") as w:
+    with atomic_path(dst, size_hint=pcm.nbytes) as tmp, wave.open(str(tmp), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(sample_rate)
         w.writeframes(pcm.tobytes())
-    tmp.replace(dst)
     return dst

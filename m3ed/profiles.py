@@ -13,11 +13,13 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .errors import ConfigurationError
+
 TEXT_MODEL_ID = "hfl/chinese-roberta-wwm-ext"
 AUDIO_MODEL_ID = "jonatasgrosman/wav2vec2-large-xlsr-53-chinese-zh-cn"
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(ConfigurationError, RuntimeError):
     """A model's weights are not here and cannot be fetched; the message says how to provide them."""
 
 
@@ -49,10 +51,16 @@ PROFILES: dict[str, Profile] = {
 
 
 def get_profile(name: str) -> Profile:
+    """The profile ``name``; hub revisions pinned by ``M3ED_TEXT_REVISION``/``M3ED_AUDIO_REVISION``
+    (the Docker image sets them to what ``m3ed.prefetch`` fetched, so an offline run finds them)."""
     try:
-        return PROFILES[name]
+        profile = PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+    if profile.random_init:
+        return profile
+    return profile.with_overrides(text_revision=os.environ.get("M3ED_TEXT_REVISION") or None,
+                                  audio_revision=os.environ.get("M3ED_AUDIO_REVISION") or None)
 
 
 def cache_dir() -> Path:
@@ -85,9 +93,20 @@ def load_pretrained(cls, name: str, what: str, option: str, revision: str | None
     try:
         return cls.from_pretrained(name, revision=revision, **kwargs)
     except OSError as e:
-        how = (f"download it where the Hugging Face hub is reachable (`hf download {name}`) and copy the "
-               f"cache (HF_HOME) here, or pass a local directory with {option} PATH")
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        how = (f"looked in the Hugging Face cache {HF_HUB_CACHE} (set HF_HOME to use another); download it "
+               f"where the hub is reachable (`hf download {name}`"
+               + (f" --revision {revision}" if revision else "") + f") and copy that cache here, "
+               f"or pass a local directory with {option} PATH")
         raise unavailable(what, name, how, e) from e
+
+
+def check_pretrained(name: str, what: str, option: str, revision: str | None = None) -> None:
+    """Raise :class:`ModelUnavailable` now, before any work, when ``name`` cannot be loaded."""
+    from transformers import AutoConfig
+
+    load_pretrained(AutoConfig, name, what, option, revision)
 
 
 def fetch_checkpoint(url_or_path: str, what: str, option: str) -> Path:

@@ -5,6 +5,7 @@ Layout of an output directory::
     OUT/manifest.jsonl            the corpus (splits, labels, times), one dialogue per line
     OUT/features/{set}.h5         flat keys = utterance ids; float32 [T, D] or [D]; provenance attrs
     OUT/failures.jsonl            what could not be produced, and why
+    OUT/notes.jsonl               what was produced differently from the annotation (e.g. clipped), and why
     OUT/run.json                  configuration, versions, timings
     OUT/.parts/{set}/{dialogue}.h5           one finished work unit (a dialogue)
     OUT/.parts/{set}/{dialogue}.failed.json  a dialogue that failed as a whole (retried on re-run)
@@ -13,12 +14,15 @@ A killed h5py writer leaves a file that will not open, so nothing is ever writte
 each dialogue's results go to a part file under a temporary name that is renamed when complete,
 and a finished feature file is assembled from the parts in corpus order and published by an
 atomic rename. Re-running the same command skips finished dialogues and assembles the same bytes.
+
+A dialogue is *current* for a feature set when a finished part, or the published file, holds it
+with this configuration and this very dialogue record (``dialogue_hash``): so a run on a subset of
+dialogues adds or replaces them and carries every other published dialogue over unchanged.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -28,7 +32,11 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .corpus import Corpus, Dialogue
+from .corpus import Corpus, Dialogue, dialogue_to_dict
+from .files import DiskFull, atomic_path, atomic_write_text, is_disk_full
+
+__all__ = ["Failure", "FeatureStore", "FeatureReader", "config_hash", "dialogue_hash", "atomic_write_text",
+           "DiskFull", "pad_frames"]
 
 FORMAT_NAME = "m3ed-features"
 FORMAT_VERSION = 1
@@ -52,14 +60,20 @@ def config_hash(config: Mapping) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file under a temporary name, then rename it: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+def dialogue_hash(dialogue: Dialogue) -> str:
+    """A digest of everything the annotation says about a dialogue (times, texts, speakers...)."""
+    return config_hash(dialogue_to_dict(dialogue))
+
+
+def _write_failures_file(path: Path, failures: Iterable[Failure]) -> None:
+    atomic_write_text(path, "".join(f.to_json() + "\n" for f in failures))
+
+
+def _read_failures_file(path: Path) -> list[Failure]:
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [Failure(**json.loads(line)) for line in lines if line.strip()]
 
 
 def _file_name(dialogue_id: str) -> str:
@@ -82,7 +96,9 @@ class FeatureStore:
         self.parts_dir = self.root / ".parts"
         self.manifest_path = self.root / "manifest.jsonl"
         self.failures_path = self.root / "failures.jsonl"
+        self.notes_path = self.root / "notes.jsonl"
         self.run_path = self.root / "run.json"
+        self.clips_dir = self.root / "clips"
 
     def feature_path(self, feature_set: str) -> Path:
         return self.features_dir / f"{feature_set}.h5"
@@ -94,37 +110,37 @@ class FeatureStore:
         return self.parts_dir / feature_set / f"{_file_name(dialogue_id)}.failed.json"
 
     # ---- work units -------------------------------------------------------------------------
-    def is_done(self, feature_set: str, dialogue_id: str, config: str) -> bool:
-        """A unit is done when its part exists, opens, is marked complete and has this config."""
+    def is_done(self, feature_set: str, dialogue_id: str, config: str, dialogue: str | None = None) -> bool:
+        """A unit is done when its part exists, opens, is marked complete and has this config (and,
+        when ``dialogue`` is given, was made from the dialogue record with this hash)."""
         path = self.part_path(feature_set, dialogue_id)
         if not path.exists():
             return False
         try:
             with h5py.File(path, "r") as h5:
-                return bool(h5.attrs.get("complete", False)) and h5.attrs.get("config_hash") == config
+                return (bool(h5.attrs.get("complete", False)) and h5.attrs.get("config_hash") == config
+                        and (dialogue is None or h5.attrs.get("dialogue_hash") == dialogue))
         except OSError:
             return False
 
     def write_part(self, feature_set: str, dialogue_id: str, arrays: Mapping[str, np.ndarray],
-                   failures: Iterable[Failure] = (), *, config: str) -> Path:
+                   failures: Iterable[Failure] = (), *, config: str, dialogue: str | None = None) -> Path:
         """Write one dialogue's results for one feature set: temporary name, then atomic rename."""
         bad = [key for key in arrays if "/" in key or key in (".", "")]
         if bad:
             raise ValueError(f"dialogue {dialogue_id}: utterance id {bad[0]!r} cannot be an HDF5 key "
                              f"(no '/' allowed); rename it in the annotations")
         path = self.part_path(feature_set, dialogue_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with h5py.File(tmp, "w") as h5:
+        size = sum(np.asarray(a).size * 4 for a in arrays.values())
+        with atomic_path(path, size_hint=size) as tmp, _h5_writing(tmp, size) as h5:
             for key, array in arrays.items():
                 h5.create_dataset(key, data=np.asarray(array, dtype=np.float32), track_times=False)
             h5.attrs["dialogue_id"] = dialogue_id
             h5.attrs["config_hash"] = config
+            if dialogue is not None:
+                h5.attrs["dialogue_hash"] = dialogue
             h5.attrs["failures"] = json.dumps([asdict(f) for f in failures], ensure_ascii=False)
             h5.attrs["complete"] = True
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
         self._failed_path(feature_set, dialogue_id).unlink(missing_ok=True)
         return path
 
@@ -134,8 +150,13 @@ class FeatureStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, Failure(feature_set, dialogue_id, None, reason).to_json() + "\n")
 
-    def failures(self, feature_set: str, corpus: Corpus) -> list[Failure]:
-        """Failures recorded for ``feature_set``, in corpus order."""
+    def failures(self, feature_set: str, corpus: Corpus, previous: Iterable[Failure] = ()) -> list[Failure]:
+        """Failures recorded for ``feature_set``, in corpus order: from the parts, and from ``previous``
+        (failures.jsonl) for dialogues without a part (carried over from the published file)."""
+        earlier: dict[str, list[Failure]] = {}
+        for f in previous:
+            if f.feature_set == feature_set:
+                earlier.setdefault(f.dialogue_id, []).append(f)
         found: list[Failure] = []
         for dialogue in corpus:
             failed = self._failed_path(feature_set, dialogue.id)
@@ -145,34 +166,87 @@ class FeatureStore:
             elif part.exists():
                 with h5py.File(part, "r") as h5:
                     found += [Failure(**f) for f in json.loads(h5.attrs["failures"])]
+            else:
+                found += earlier.get(dialogue.id, [])
         return found
 
     # ---- publishing -------------------------------------------------------------------------
-    def publish(self, feature_set: str, corpus: Corpus, attrs: Mapping) -> Path:
-        """Assemble the finished parts, in corpus order, into ``features/{set}.h5`` atomically."""
-        self.features_dir.mkdir(parents=True, exist_ok=True)
+    def publish(self, feature_set: str, corpus: Corpus, attrs: Mapping, *,
+                dialogue_hashes: Mapping[str, str] | None = None) -> Path | None:
+        """Assemble ``features/{set}.h5`` atomically, in corpus order, from the finished parts and,
+        for dialogues without a part, from the published file when it holds them with this
+        configuration and the same dialogue record. Returns None (and writes nothing) when there is
+        nothing to publish: an empty feature file is never written.
+
+        ``dialogue_hashes`` (dialogue id -> :func:`dialogue_hash`) is recorded in the file so that a
+        later run knows which dialogues it holds; without it, only parts are used.
+        """
         path = self.feature_path(feature_set)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        config = attrs.get("config_hash")
+        carried = self.published_dialogues(feature_set, config) if dialogue_hashes is not None else {}
+        sources: list[tuple[Dialogue, Path]] = []
+        for dialogue in corpus:
+            part = self.part_path(feature_set, dialogue.id)
+            record = dialogue_hashes.get(dialogue.id) if dialogue_hashes is not None else None
+            if part.exists() and (config is None or self.is_done(feature_set, dialogue.id, config, record)):
+                sources.append((dialogue, part))
+            elif record is not None and carried.get(dialogue.id) == record:
+                sources.append((dialogue, path))
+        size = sum(p.stat().st_size for p in {p for _, p in sources})
+        try:
+            self._assemble(path, sources, attrs, dialogue_hashes, size)
+        except _NothingToPublish:
+            return None
+        return path
+
+    def _assemble(self, path, sources, attrs, dialogue_hashes, size) -> None:
+        feature_set = attrs.get("feature_set", path.stem)
         dims: set[int] = set()
-        with h5py.File(tmp, "w") as out:
-            for dialogue in corpus:
-                part_path = self.part_path(feature_set, dialogue.id)
-                if not part_path.exists():
-                    continue
-                with h5py.File(part_path, "r") as part:
+        held: dict[str, str] = {}
+        with atomic_path(path, size_hint=size) as tmp, _h5_writing(tmp, size) as out:
+            for dialogue, source in sources:
+                with h5py.File(source, "r") as h5:
                     for utterance in dialogue.utterances:
-                        if utterance.id in part:
-                            data = part[utterance.id][()]
+                        if utterance.id in h5:
+                            if utterance.id in out:
+                                raise ValueError(f"{path}: utterance id {utterance.id!r} of dialogue {dialogue.id} "
+                                                 f"is published twice (ids must be unique in the corpus)")
+                            data = h5[utterance.id][()]
                             dims.add(int(data.shape[-1]) if data.ndim else 1)
                             out.create_dataset(utterance.id, data=data, track_times=False)
+                if dialogue_hashes is not None:
+                    held[dialogue.id] = dialogue_hashes[dialogue.id]
+            if not len(out):
+                raise _NothingToPublish
+            extra = {"dialogue_hashes": held} if dialogue_hashes is not None else {}
             _set_attrs(out, {
                 "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "feature_set": feature_set,
-                "package_version": __version__, "dim": max(dims) if dims else 0, **attrs,
+                "package_version": __version__, "dim": max(dims) if dims else 0, **attrs, **extra,
             })
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        return path
+
+    def published_dialogues(self, feature_set: str, config: str | None) -> dict[str, str]:
+        """``{dialogue id: dialogue hash}`` of the published file when it has configuration ``config``."""
+        path = self.feature_path(feature_set)
+        if config is None or not path.exists():
+            return {}
+        try:
+            with h5py.File(path, "r") as h5:
+                if h5.attrs.get("config_hash") != config:
+                    return {}
+                return json.loads(h5.attrs.get("dialogue_hashes", "{}"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def published_config(self, feature_set: str) -> str | None:
+        path = self.feature_path(feature_set)
+        if not path.exists():
+            return None
+        try:
+            with h5py.File(path, "r") as h5:
+                value = h5.attrs.get("config_hash")
+                return None if value is None else str(value)
+        except OSError:
+            return None
 
     def is_published(self, feature_set: str, config: str, corpus: str | None = None) -> bool:
         """Whether ``features/{set}.h5`` exists with this configuration (and this corpus digest)."""
@@ -186,21 +260,34 @@ class FeatureStore:
             return False
 
     def write_manifest(self, corpus: Corpus) -> None:
+        """The corpus as ``manifest.jsonl``; an identical manifest is left untouched."""
+        if self.manifest_path.exists() and self.manifest_path.read_text(encoding="utf-8") == corpus.jsonl_text():
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         corpus.to_jsonl(self.manifest_path)
 
+    def corpus(self) -> Corpus | None:
+        """The corpus of ``manifest.jsonl``, or None when there is none yet."""
+        return Corpus.from_jsonl(self.manifest_path) if self.manifest_path.exists() else None
+
     def write_failures(self, failures: Iterable[Failure]) -> None:
-        atomic_write_text(self.failures_path, "".join(f.to_json() + "\n" for f in failures))
+        _write_failures_file(self.failures_path, failures)
+
+    def write_notes(self, notes: Iterable[Failure]) -> None:
+        """Records of the failures' shape for data kept with a change (e.g. a clipped utterance)."""
+        notes = list(notes)
+        if notes or self.notes_path.exists():
+            _write_failures_file(self.notes_path, notes)
+
+    def read_notes(self) -> list[Failure]:
+        return _read_failures_file(self.notes_path)
 
     def write_run(self, record: Mapping) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_path, json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
 
     def read_failures(self) -> list[Failure]:
-        if not self.failures_path.exists():
-            return []
-        lines = self.failures_path.read_text(encoding="utf-8").splitlines()
-        return [Failure(**json.loads(line)) for line in lines if line.strip()]
+        return _read_failures_file(self.failures_path)
 
     def remove_parts(self, feature_set: str) -> None:
         """Delete a feature set's parts once its file is published (they hold the same data)."""
@@ -209,6 +296,34 @@ class FeatureStore:
             for item in folder.iterdir():
                 item.unlink()
             folder.rmdir()
+
+
+class _NothingToPublish(Exception):
+    """Raised inside :meth:`FeatureStore.publish` to abandon an empty file."""
+
+
+class _h5_writing:
+    """``h5py.File(path, "w")`` whose full-disk errors become :class:`DiskFull`; the file is closed
+    before the error leaves, so that the temporary file can be removed cleanly."""
+
+    def __init__(self, path: Path, size_hint: int = 0):
+        self.path, self.size_hint = path, size_hint
+
+    def __enter__(self) -> h5py.File:
+        try:
+            self.h5 = h5py.File(self.path, "w")
+        except OSError as e:
+            raise (DiskFull(self.path, self.size_hint) if is_disk_full(e) else e) from e
+        return self.h5
+
+    def __exit__(self, kind, error, tb) -> None:
+        try:
+            self.h5.close()
+        except OSError as e:
+            if error is None:
+                raise (DiskFull(self.path, self.size_hint) if is_disk_full(e) else e) from e
+        if error is not None and is_disk_full(error) and not isinstance(error, DiskFull):
+            raise DiskFull(self.path, self.size_hint) from error
 
 
 class FeatureReader:

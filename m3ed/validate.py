@@ -2,21 +2,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
-from .corpus import EMOTIONS, Corpus
+from .corpus import EMOTIONS, Corpus, Problem
 
 ANNOTATOR_EXTRA_LABELS = ("other",)  # annotators could also answer "Other"
 TIME_TOLERANCE = 0.5  # seconds an utterance may overhang its dialogue (timecodes are frame-rounded)
-
-
-@dataclass(frozen=True)
-class Problem:
-    where: str     # "dialogue_id" or "dialogue_id/utterance_id"
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
 
 
 class CorpusError(ValueError):
@@ -29,7 +19,7 @@ class CorpusError(ValueError):
 
 def validate(corpus: Corpus, *, require_split: bool = False, emotions: tuple[str, ...] = EMOTIONS) -> list[Problem]:
     """All problems found: times, ids, labels, speakers and (optionally) splits."""
-    problems: list[Problem] = []
+    problems: list[Problem] = list(corpus.problems)
     dialogue_counts = Counter(d.id for d in corpus)
     utterance_counts = Counter(u.id for u in corpus.utterances())
     for dialogue_id, count in dialogue_counts.items():

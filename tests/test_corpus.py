@@ -166,7 +166,7 @@ def test_generic_manifest_csv_and_jsonl(tmp_path):
         assert d.video == str((tmp_path / "clips" / "d1.mp4").resolve()) and d.split == "train"
         assert validate(corpus) == []
     (tmp_path / "bad.csv").write_text("dialogue_id,speaker\nd1,A\n")
-    with pytest.raises(AnnotationError, match="bad.csv: row 1 lacks columns"):
+    with pytest.raises(AnnotationError, match="bad.csv: the header lacks columns"):
         load_manifest(tmp_path / "bad.csv")
 
 

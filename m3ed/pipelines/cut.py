@@ -8,7 +8,9 @@ Output, under ``OUT/clips``::
 
 Cuts are frame-accurate (re-encoded; stream copy snaps to keyframes, seen off by seconds). An output
 that exists and probes with the expected duration is kept; everything is written under a temporary
-name and renamed. ffmpeg processes run in parallel (``workers``).
+name and renamed, and a clip that does not probe with the expected duration is removed and reported
+under its source. A source without a video stream gets audio clips only, and a failure line says so.
+ffmpeg processes run in parallel (``workers``).
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..corpus import Corpus, Dialogue
+from ..files import DiskFull
 from ..locate import MediaSource
 from ..media import SAMPLE_RATE, MediaError, cut_video, decode_audio, probe, write_wav
+from ..screening import Screening
 from ..store import Failure
 
 DURATION_TOLERANCE = 0.1  # seconds between a clip's probed duration and the span it should hold
@@ -34,27 +38,52 @@ def _valid(path: Path, duration: float) -> bool:
         return False
 
 
-def cut_dialogue(dialogue: Dialogue, media: MediaSource, clips_dir: Path) -> list[Failure]:
+def _cut_checked(src: Path, dst: Path, start: float, end: float, source: Path) -> None:
+    """Cut, then make sure the clip holds the span; a short clip is removed and blamed on ``source``."""
+    cut_video(src, dst, start, end)
+    if not _valid(dst, end - start):
+        got = probe(dst).duration if dst.exists() else 0.0
+        dst.unlink(missing_ok=True)
+        raise MediaError(f"{source}: yields {got:.2f} s instead of {end - start:.2f} s for {dst.name} "
+                         f"(the file is truncated or unreadable there); the broken clip was removed")
+
+
+def cut_dialogue(dialogue: Dialogue, media: MediaSource, clips_dir: Path,
+                 screening: Screening | None = None) -> list[Failure]:
     """Cut one dialogue and its utterances; utterance-level failures are returned, not raised."""
+    screening = screening or Screening()
     span = media.locate(dialogue)
-    dialogue_clip = clips_dir / "dialogues" / dialogue.show / f"{dialogue.id}.mp4"
+    failures = []
+    has_video = span.info.has_video
+    if not has_video:
+        failures.append(Failure("cut", dialogue.id, None, f"{span.path}: has no video stream; only audio "
+                                                          f"clips (.wav) were written"))
+    dialogue_clip = clips_dir / "dialogues" / dialogue.show / f"{dialogue.id}.{'mp4' if has_video else 'wav'}"
     dialogue_clip.parent.mkdir(parents=True, exist_ok=True)
-    if span.path.resolve() != dialogue_clip.resolve() and not _valid(dialogue_clip, span.duration):
-        cut_video(span.path, dialogue_clip, span.start, span.end)
     utterance_dir = clips_dir / "utterances" / dialogue.show
     utterance_dir.mkdir(parents=True, exist_ok=True)
+    if has_video:
+        if span.path.resolve() != dialogue_clip.resolve() and not _valid(dialogue_clip, span.duration):
+            _cut_checked(span.path, dialogue_clip, span.start, span.end, span.path)
+        audio_source, audio_start = dialogue_clip, 0.0
+    else:
+        audio_source, audio_start = span.path, span.start
     audio = None
-    failures = []
     for utterance in dialogue.utterances:
+        bad = screening.bad_times.get(utterance.id)
+        if bad:
+            failures.append(Failure("cut", dialogue.id, utterance.id, bad[1]))
+            continue
         try:
             start, end = max(0.0, utterance.start), min(utterance.end, span.duration)
-            video_out = utterance_dir / f"{utterance.id}.mp4"
-            if not _valid(video_out, end - start):
-                cut_video(dialogue_clip, video_out, start, end)
+            if has_video:
+                video_out = utterance_dir / f"{utterance.id}.mp4"
+                if not _valid(video_out, end - start):
+                    _cut_checked(dialogue_clip, video_out, start, end, span.path)
             wav_out = utterance_dir / f"{utterance.id}.wav"
             if not wav_out.exists():
                 if audio is None:
-                    audio = decode_audio(dialogue_clip, 0.0, span.duration)
+                    audio = decode_audio(audio_source, audio_start, audio_start + span.duration)
                 write_wav(media.utterance_audio(audio, utterance), wav_out, SAMPLE_RATE)
         except MediaError as e:
             failures.append(Failure("cut", dialogue.id, utterance.id, str(e)))
@@ -62,13 +91,17 @@ def cut_dialogue(dialogue: Dialogue, media: MediaSource, clips_dir: Path) -> lis
 
 
 def cut_corpus(corpus: Corpus, media: MediaSource, clips_dir: str | Path, *, workers: int = 2,
-               progress: bool = True) -> list[Failure]:
+               progress: bool = True, screening: Screening | None = None) -> list[Failure]:
     """Cut every dialogue (``workers`` dialogues at a time); returns the failures in corpus order."""
     clips_dir = Path(clips_dir)
 
     def one(dialogue: Dialogue) -> list[Failure]:
         try:
-            return cut_dialogue(dialogue, media, clips_dir)
+            if screening and dialogue.id in screening.refused:
+                return [Failure("cut", dialogue.id, None, f"dialogue refused: {screening.refused[dialogue.id]}")]
+            return cut_dialogue(dialogue, media, clips_dir, screening)
+        except DiskFull:
+            raise
         except (MediaError, OSError) as e:
             return [Failure("cut", dialogue.id, None, str(e))]
 

@@ -2,11 +2,15 @@
 
 Stages run one after another (one large model resident at a time). Each stage sees fixed groups of
 consecutive dialogues; finished dialogues are skipped on a re-run, failed ones are retried, and the
-feature files are assembled from the finished parts when the stage ends.
+feature files are assembled from the finished parts (and the dialogues already published) when the
+stage ends. Before any work the run takes the output directory's lock, removes what killed writers
+left behind, and screens the corpus (:mod:`m3ed.screening`): refused dialogues and unusable
+utterance times are recorded, never processed.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import platform
 import sys
@@ -17,10 +21,18 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..corpus import Corpus
+from ..errors import ConfigurationError
+from ..files import DiskFull, sweep_temporaries
 from ..locate import MediaSource, Timing
-from ..store import Failure, FeatureStore, config_hash
+from ..lock import LockError, OutputLock
+from ..media import MediaError
+from ..screening import Screening, refused_dialogues, screen_times
+from ..store import Failure, FeatureStore, config_hash, dialogue_hash
 from .cut import cut_corpus
 from .stage import DialogueResult, RunContext, Stage, failed_dialogue, stage_class
+
+# Errors that concern the whole run, not one dialogue: they stop it instead of being recorded.
+FATAL = (ConfigurationError, DiskFull, LockError)
 
 
 @dataclass
@@ -31,23 +43,35 @@ class StageReport:
     dialogues_skipped: int = 0
     dialogues_failed: list[str] = field(default_factory=list)
     feature_files: list[str] = field(default_factory=list)
+    empty_sets: list[str] = field(default_factory=list)   # nothing to publish: no file written
     reused: bool = False   # the published files of an earlier complete run were kept as they are
 
 
-def run_stage(stage: Stage, context: RunContext, progress: bool = True) -> StageReport:
-    """Run one stage over the corpus, resuming from finished parts; publish its feature files."""
+def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work: Corpus | None = None,
+              screening: Screening | None = None) -> StageReport:
+    """Run one stage over ``work`` (default: the whole corpus), resuming from finished parts and
+    from dialogues already published; publish its feature files for the whole corpus."""
     store, corpus = context.store, context.corpus
+    work = corpus if work is None else work
+    screening = screening or Screening()
     provenance = stage.provenance()
     digest = config_hash(provenance)
     report = StageReport(stage.name)
     started = time.perf_counter()
-    dialogues = list(corpus)
-    done = {d.id for d in dialogues if all(store.is_done(fs, d.id, digest) for fs in stage.feature_sets)}
-    corpus_digest = config_hash([d.id for d in dialogues])
-    published = all(store.is_published(fs, digest, corpus_digest) for fs in stage.feature_sets)
-    parts_left = (store.parts_dir / stage.feature_sets[0]).exists() if stage.feature_sets else False
-    if published and not parts_left:
-        # A previous run finished this stage completely and tidied its parts away.
+    hashes = {d.id: dialogue_hash(d) for d in corpus}
+    published = {fs: store.published_dialogues(fs, digest) for fs in stage.feature_sets}
+
+    def current(dialogue_id: str) -> bool:
+        return all(published[fs].get(dialogue_id) == hashes[dialogue_id]
+                   or store.is_done(fs, dialogue_id, digest, hashes[dialogue_id]) for fs in stage.feature_sets)
+
+    dialogues = [d for d in work if d.id not in screening.refused]
+    done = {d.id for d in dialogues if current(d.id)}
+    parts_left = any((store.parts_dir / fs).exists() for fs in stage.feature_sets)
+    everything_published = all(all(published[fs].get(d.id) == hashes[d.id] for d in corpus if d.id not in
+                                   screening.refused) for fs in stage.feature_sets)
+    if everything_published and not parts_left and all(published.values()):
+        # A previous run finished this stage for exactly this corpus and tidied its parts away.
         report.dialogues_skipped = len(dialogues)
         report.reused = True
         report.feature_files = [str(store.feature_path(fs)) for fs in stage.feature_sets]
@@ -61,16 +85,23 @@ def run_stage(stage: Stage, context: RunContext, progress: bool = True) -> Stage
         for result in _process_group(stage, group, context):
             if result.dialogue_id in done:
                 continue  # recomputed only so that the group's batches match an uninterrupted run
-            _save(store, stage, result, digest)
+            _save(store, stage, _screened(stage, result, screening), digest, hashes[result.dialogue_id])
             if result.error:
                 report.dialogues_failed.append(result.dialogue_id)
             else:
                 report.dialogues_done += 1
             bar.update(1)
     bar.close()
+    corpus_digest = config_hash([d.id for d in corpus])
     for fs in stage.feature_sets:
-        attrs = {"config_hash": digest, "corpus_hash": corpus_digest, "stage": stage.name, **_flat(provenance), **stage.attrs(fs)}
-        report.feature_files.append(str(store.publish(fs, corpus, attrs)))
+        clipped = {u: note for u, (d, note) in screening.clipped.items()} if stage.uses_media else {}
+        attrs = {"config_hash": digest, "corpus_hash": corpus_digest, "stage": stage.name, **_flat(provenance),
+                 **stage.attrs(fs), **({"clipped_utterances": clipped} if clipped else {})}
+        path = store.publish(fs, corpus, attrs, dialogue_hashes=hashes)
+        if path is None:
+            report.empty_sets.append(fs)
+        else:
+            report.feature_files.append(str(path))
     report.seconds = time.perf_counter() - started
     return report
 
@@ -79,25 +110,47 @@ def _process_group(stage: Stage, group, context: RunContext) -> list[DialogueRes
     """All results of a group; if the group as a whole breaks, each dialogue is retried alone."""
     try:
         return list(stage.process(group, context))
+    except FATAL:
+        raise
     except Exception:
         if len(group) == 1:
-            return [failed_dialogue(group[0], sys.exc_info()[1])]
+            return [failed_dialogue(group[0], _describe(sys.exc_info()[1]))]
     results = []
     for dialogue in group:
         try:
             results += list(stage.process([dialogue], context))
+        except FATAL:
+            raise
         except Exception as e:  # one bad dialogue must not stop the batch; the reason is recorded
-            results.append(failed_dialogue(dialogue, f"{type(e).__name__}: {e}"))
+            results.append(failed_dialogue(dialogue, _describe(e)))
     return results
 
 
-def _save(store: FeatureStore, stage: Stage, result: DialogueResult, digest: str) -> None:
+def _describe(error: BaseException) -> str:
+    return str(error) if isinstance(error, (MediaError, ValueError)) else f"{type(error).__name__}: {error}"
+
+
+def _screened(stage: Stage, result: DialogueResult, screening: Screening) -> DialogueResult:
+    """Drop the features of utterances whose times are unusable, and record why."""
+    if not stage.uses_media or result.error:
+        return result
+    bad = {u: reason for u, (d, reason) in screening.bad_times.items() if d == result.dialogue_id}
+    if not bad:
+        return result
+    features = {fs: {u: a for u, a in arrays.items() if u not in bad} for fs, arrays in result.features.items()}
+    failures = [f for f in result.failures if f.utterance_id not in bad]
+    failures += [Failure(fs, result.dialogue_id, u, reason) for fs in stage.feature_sets for u, reason in bad.items()]
+    return DialogueResult(result.dialogue_id, features, failures)
+
+
+def _save(store: FeatureStore, stage: Stage, result: DialogueResult, digest: str, record: str) -> None:
     for fs in stage.feature_sets:
         if result.error:
             store.write_dialogue_failure(fs, result.dialogue_id, result.error)
-        elif not store.is_done(fs, result.dialogue_id, digest):
+        elif not store.is_done(fs, result.dialogue_id, digest, record):
             failures = [f for f in result.failures if f.feature_set == fs]
-            store.write_part(fs, result.dialogue_id, result.features.get(fs, {}), failures, config=digest)
+            store.write_part(fs, result.dialogue_id, result.features.get(fs, {}), failures, config=digest,
+                             dialogue=record)
 
 
 def _flat(provenance: dict) -> dict:
@@ -106,49 +159,150 @@ def _flat(provenance: dict) -> dict:
             for k, v in provenance.items() if v is not None}
 
 
+def screen(corpus: Corpus, work: Corpus, media: MediaSource, overhang: str = "fail") -> Screening:
+    """Refused dialogues (of the whole corpus) and the utterance-time verdicts of ``work``."""
+    screening = Screening(refused=refused_dialogues(corpus))
+    for dialogue in work:
+        if dialogue.id in screening.refused:
+            continue
+        if dialogue.start is not None and dialogue.end is not None:
+            duration = dialogue.end - dialogue.start
+        else:
+            try:
+                duration = media.locate(dialogue).duration
+            except (MediaError, ValueError):
+                continue  # the stages record the missing video for this dialogue
+        failures, clipped = screen_times(dialogue, duration, overhang)
+        screening.bad_times.update({u: (dialogue.id, reason) for u, reason in failures.items()})
+        screening.clipped.update({u: (dialogue.id, note) for u, note in clipped.items()})
+    return screening
+
+
+def output_corpus(store: FeatureStore, work: Corpus, subset: bool) -> Corpus:
+    """The corpus an output directory describes after this run: ``work`` itself, or for a subset
+    run, the dialogues already there with the subset's added or replaced."""
+    existing = store.corpus() if subset else None
+    if existing is None:
+        return work
+    chosen = {d.id: d for d in work}
+    merged = [chosen.pop(d.id, d) for d in existing]
+    return Corpus(tuple(merged) + tuple(chosen.values()), work.problems)
+
+
 def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args: argparse.Namespace,
-                   *, cut_workers: int = 2, keep_parts: bool = False, progress: bool = True) -> dict:
-    """Run ``stages`` in order; returns the run record also written to ``run.json``."""
+                   *, cut_workers: int = 2, keep_parts: bool = False, progress: bool = True,
+                   subset: bool = False, overhang: str = "fail") -> dict:
+    """Run ``stages`` in order over ``corpus``; returns the run record also written to ``run.json``.
+
+    With ``subset`` (``--dialogues``), ``corpus`` holds the chosen dialogues: they are added to, or
+    replace their earlier selves in, an existing output; every other published dialogue stays.
+    """
     store = context.store
-    store.write_manifest(corpus)
+    lock = OutputLock(store.root)
+    try:
+        store.root.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        read_only = False
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not store.root.is_dir():
+            raise ConfigurationError(f"{store.root}: cannot create the output directory ({e.strerror}); "
+                                     f"choose another --out") from e
+        read_only = True   # fine as long as everything is already there; checked at the end
+    try:
+        return _run_locked(corpus, context, stages, args, cut_workers=cut_workers, keep_parts=keep_parts,
+                           progress=progress, subset=subset, overhang=overhang, read_only=read_only)
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and not isinstance(e, DiskFull):
+            raise ConfigurationError(f"{store.root}: not writable ({e.strerror}: {e.filename}), and this run has "
+                                     f"work to do there; fix its permissions or choose another --out") from e
+        raise
+    finally:
+        lock.release()
+
+
+def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progress, subset, overhang,
+                read_only) -> dict:
+    store, work = context.store, corpus
+    preflight(stages, args, context)
+    if not read_only:
+        sweep_temporaries(store.root)
+    context.corpus = output_corpus(store, work, subset)
+    store.write_manifest(context.corpus)
+    screening = screen(context.corpus, work, context.media, overhang)
     record = {
         "package_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {k: v for k, v in vars(args).items() if k != "func"}, "versions": _versions(),
         "stages": {}, "complete": False,
     }
     previous = store.read_failures()
+    previous_notes = store.read_notes()
     failures: list[Failure] = []
+    notes: list[Failure] = []
     produced: set[str] = set()
+    work_ids = {d.id for d in work}
     for name in stages:
         if name == "cut":
             produced.add("cut")
             started = time.perf_counter()
-            cut_failures = cut_corpus(corpus, context.media, store.root / "clips", workers=cut_workers, progress=progress)
+            cut_failures = cut_corpus(work, context.media, store.clips_dir, workers=cut_workers, progress=progress,
+                                      screening=screening)
+            failures += [f for f in previous if f.feature_set == "cut" and f.dialogue_id not in work_ids]
             failures += cut_failures
+            notes += [Failure("cut", d, u, note) for u, (d, note) in screening.clipped.items()]
             record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3),
-                                       "failed": len(cut_failures), "clips": str(store.root / "clips")}
+                                       "failed": len(cut_failures), "clips": str(store.clips_dir)}
             continue
         stage = stage_class(name).from_args(args, context)
         try:
-            report = run_stage(stage, context, progress)
+            report = run_stage(stage, context, progress, work=work, screening=screening)
         finally:
             stage.close()
         produced.update(stage.feature_sets)
         for fs in stage.feature_sets:
-            # A reused stage has no parts left: its failures are those the earlier run recorded.
-            failures += [f for f in previous if f.feature_set == fs] if report.reused else store.failures(fs, corpus)
-            if not keep_parts and not report.dialogues_failed:
+            failures += _refusals(fs, context.corpus, screening)
+            failures += [f for f in store.failures(fs, context.corpus, previous) if f.dialogue_id not in screening.refused]
+            if stage.uses_media:
+                notes += [Failure(fs, d, u, note) for u, (d, note) in screening.clipped.items()]
+            if not keep_parts and not report.dialogues_failed and not read_only:
                 store.remove_parts(fs)
         record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance()}
-    # Failures of feature sets this run did not touch stay recorded.
+        if read_only and not report.reused:
+            raise ConfigurationError(f"{store.root}: not writable, and stage {name} has work to do there")
+    # Failures and notes of feature sets this run did not touch stay recorded.
     failures = [f for f in previous if f.feature_set not in produced] + failures
-    store.write_failures(failures)
+    notes = [n for n in previous_notes if n.feature_set not in produced] + notes
     record["failures"] = len(failures)
     record["failed_dialogues"] = sorted({f.dialogue_id for f in failures if f.utterance_id is None})
+    record["refused_utterances"] = sorted(screening.bad_times)
     record["complete"] = True
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if read_only:
+        if failures != previous:
+            raise ConfigurationError(f"{store.root}: not writable, and this run's failures differ from failures.jsonl")
+        record["read_only"] = True
+        return record
+    store.write_failures(failures)
+    store.write_notes(notes)
     store.write_run(record)
     return record
+
+
+def preflight(stages: list[str], args: argparse.Namespace, context: RunContext) -> None:
+    """Build every stage once and check its models before any work: a model that cannot be had
+    is a configuration error, never an empty feature file."""
+    for name in stages:
+        if name == "cut":
+            continue
+        stage = stage_class(name).from_args(args, context)
+        try:
+            stage.preflight()
+        finally:
+            stage.close()
+
+
+def _refusals(feature_set: str, corpus: Corpus, screening: Screening) -> list[Failure]:
+    return [Failure(feature_set, d.id, None, f"dialogue refused: {screening.refused[d.id]}")
+            for d in corpus if d.id in screening.refused]
 
 
 def _versions() -> dict:

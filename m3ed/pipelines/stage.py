@@ -47,6 +47,7 @@ class Stage:
     name: ClassVar[str]
     feature_sets: tuple[str, ...] = ()
     group_size: int = 1
+    uses_media: bool = True   # reads picture or sound, so utterance times matter (m3ed.screening)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -55,6 +56,17 @@ class Stage:
     @classmethod
     def from_args(cls, args: argparse.Namespace, context: RunContext) -> "Stage":
         raise NotImplementedError
+
+    def preflight(self) -> None:
+        """Check, before any work, that the stage's models can be had; raise
+        :class:`m3ed.profiles.ModelUnavailable` (a configuration error) when they cannot.
+        By default: the Hugging Face model of ``config.model`` (the text and audio stages)."""
+        from ..extract.hf_models import ModelSpec
+        from ..profiles import check_pretrained
+
+        spec = getattr(getattr(self, "config", None), "model", None)
+        if isinstance(spec, ModelSpec):
+            check_pretrained(spec.name, f"{self.name} model", f"--{self.name}-model", spec.revision)
 
     def provenance(self) -> dict:
         """Everything that determines the output (model id, revision, options). Hashed, and stored

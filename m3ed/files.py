@@ -1,0 +1,103 @@
+"""Writing files so that nobody ever sees half of one, and what to do when the disk is full.
+
+Every file under an output directory is written under a temporary name beside its target,
+flushed to disk, then renamed (:func:`atomic_path`). A temporary name carries the writer's pid
+and host (``.{stem}.{pid}@{host}.tmp{suffix}``), so that a later run removes exactly the
+leftovers of writers that are gone (:func:`sweep_temporaries`) and never a live writer's file.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .lock import pid_alive
+
+# ".{stem}.{pid}@{host}.tmp{suffix}", and the older ".{stem}.{pid}.tmp{suffix}" (this host).
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)(?:@(?P<host>[^/@]+?))?\.tmp(?:\.[A-Za-z0-9]+)?$")
+
+
+class DiskFull(OSError):
+    """The disk filled up while writing ``path``; the message says how much to free."""
+
+    def __init__(self, path: str | Path, needed_bytes: int = 0):
+        self.path = Path(path)
+        free = _free_bytes(self.path)
+        needed_mb = max(1, round((needed_bytes - free) / 1e6)) if needed_bytes else 0
+        how_much = f"free at least {needed_mb} MB" if needed_mb else "free some space"
+        super().__init__(errno.ENOSPC, f"disk full writing {self.path} ({free / 1e6:.0f} MB free); "
+                                       f"{how_much} and re-run the same command (it resumes)")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC, including h5py's errors, which carry it only in their text."""
+    if isinstance(error, DiskFull) or getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    return "errno = 28" in text or "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def _free_bytes(path: Path) -> int:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return 0
+
+
+def temporary_name(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.stem}.{os.getpid()}@{socket.gethostname()}.tmp{path.suffix}")
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, size_hint: int = 0) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it becomes ``path`` (file and folder fsynced).
+
+    On any error the temporary file is removed; a full disk becomes :class:`DiskFull`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        tmp.replace(path)
+        fsync_path(path.parent)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(e) and not isinstance(e, DiskFull):
+            raise DiskFull(path, size_hint) from e
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically: readers never see half a file."""
+    with atomic_path(path, size_hint=len(text.encode())) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def sweep_temporaries(root: str | Path) -> list[Path]:
+    """Remove the temporary files under ``root`` left by writers that no longer run on this host."""
+    removed = []
+    host = socket.gethostname()
+    for path in Path(root).rglob(".*.tmp*"):
+        match = _TEMPORARY.match(path.name)
+        if not match or not path.is_file():
+            continue
+        if (match["host"] in (None, host)) and not pid_alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
