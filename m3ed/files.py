@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +21,10 @@ from .lock import pid_alive
 
 # ".{stem}.{pid}@{host}.tmp{suffix}", and the older ".{stem}.{pid}.tmp{suffix}" (this host).
 _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)(?:@(?P<host>[^/@]+?))?\.tmp(?:\.[A-Za-z0-9]+)?$")
+
+
+# Room kept beyond a file's known size (HDF5 metadata, file-system blocks).
+SPACE_MARGIN = 256 * 1024
 
 
 class DiskFull(OSError):
@@ -40,6 +45,21 @@ def is_disk_full(error: BaseException) -> bool:
         return True
     text = str(error)
     return "errno = 28" in text or "No space left on device" in text or "Disk quota exceeded" in text
+
+
+@contextmanager
+def quiet_disk_full_cleanup(active: bool = True) -> Iterator[None]:
+    """h5py reports failed writes again when its objects are freed ("Can't decrement id ref count");
+    after a full disk that is noise, already reported once as :class:`DiskFull`."""
+    if not active:
+        yield
+        return
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None if is_disk_full(unraisable.exc_value) else previous(unraisable)
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def _free_bytes(path: Path) -> int:
@@ -66,10 +86,13 @@ def fsync_path(path: Path) -> None:
 def atomic_path(path: str | Path, *, size_hint: int = 0) -> Iterator[Path]:
     """Yield a temporary path to write; on success it becomes ``path`` (file and folder fsynced).
 
-    On any error the temporary file is removed; a full disk becomes :class:`DiskFull`.
+    With ``size_hint`` (bytes about to be written) a disk without room for them is reported before
+    anything is written. On any error the temporary file is removed; a full disk becomes :class:`DiskFull`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if size_hint and _free_bytes(path.parent) < size_hint + SPACE_MARGIN:
+        raise DiskFull(path, size_hint + SPACE_MARGIN)   # before writing: a write that fails midway is messier
     tmp = temporary_name(path)
     try:
         yield tmp
@@ -78,7 +101,7 @@ def atomic_path(path: str | Path, *, size_hint: int = 0) -> Iterator[Path]:
         fsync_path(path.parent)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if is_disk_full(e) and not isinstance(e, DiskFull):
+        if is_disk_full(e) and not (isinstance(e, DiskFull) and e.path == path):
             raise DiskFull(path, size_hint) from e
         raise
 

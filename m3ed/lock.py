@@ -78,6 +78,8 @@ class OutputLock:
         return self
 
     def release(self) -> None:
+        if not self._files:
+            return   # never acquired (e.g. a read-only output directory)
         self.holder_path.unlink(missing_ok=True)
         for f in reversed(self._files):
             f.close()  # closing the descriptor releases its flock

@@ -21,6 +21,8 @@ dialogues adds or replaces them and carries every other published dialogue over 
 """
 from __future__ import annotations
 
+import errno
+import gc
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -33,7 +35,7 @@ import numpy as np
 
 from . import __version__
 from .corpus import Corpus, Dialogue, dialogue_to_dict
-from .files import DiskFull, atomic_path, atomic_write_text, is_disk_full
+from .files import DiskFull, atomic_path, atomic_write_text, is_disk_full, quiet_disk_full_cleanup
 
 __all__ = ["Failure", "FeatureStore", "FeatureReader", "config_hash", "dialogue_hash", "atomic_write_text",
            "DiskFull", "pad_frames"]
@@ -313,17 +315,27 @@ class _h5_writing:
         try:
             self.h5 = h5py.File(self.path, "w")
         except OSError as e:
-            raise (DiskFull(self.path, self.size_hint) if is_disk_full(e) else e) from e
+            raise (_enospc(e) if is_disk_full(e) else e) from e
         return self.h5
 
     def __exit__(self, kind, error, tb) -> None:
-        try:
-            self.h5.close()
-        except OSError as e:
-            if error is None:
-                raise (DiskFull(self.path, self.size_hint) if is_disk_full(e) else e) from e
-        if error is not None and is_disk_full(error) and not isinstance(error, DiskFull):
-            raise DiskFull(self.path, self.size_hint) from error
+        full = error is not None and is_disk_full(error)
+        with quiet_disk_full_cleanup(full):
+            try:
+                self.h5.close()
+            except (OSError, RuntimeError) as e:
+                full = full or is_disk_full(e)
+                if error is None and not full:
+                    raise
+            if full:
+                del self.h5
+                gc.collect()   # h5py objects of the failed file complain as they go; now, quietly
+        if full:
+            raise _enospc(error) from error   # atomic_path turns it into DiskFull naming the target
+
+
+def _enospc(error) -> OSError:
+    return OSError(errno.ENOSPC, f"No space left on device ({error})")
 
 
 class FeatureReader:
