@@ -93,13 +93,19 @@ def load_pretrained(cls, name: str, what: str, option: str, revision: str | None
     try:
         return cls.from_pretrained(name, revision=revision, **kwargs)
     except OSError as e:
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        how = (f"looked in the Hugging Face cache {HF_HUB_CACHE} (set HF_HOME to use another); download it "
+        how = (f"looked in the Hugging Face cache {hf_cache_dir()} (set HF_HOME to use another); download it "
                f"where the hub is reachable (`hf download {name}`"
                + (f" --revision {revision}" if revision else "") + f") and copy that cache here, "
                f"or pass a local directory with {option} PATH")
         raise unavailable(what, name, how, e) from e
+
+
+def hf_cache_dir() -> Path:
+    """Where ``from_pretrained`` looks for hub models (``HF_HUB_CACHE``, else ``HF_HOME/hub``)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
+    return Path(home) / "hub"
 
 
 def check_pretrained(name: str, what: str, option: str, revision: str | None = None) -> None:

@@ -146,6 +146,17 @@ class FeatureStore:
         self._failed_path(feature_set, dialogue_id).unlink(missing_ok=True)
         return path
 
+    def is_failed(self, feature_set: str, dialogue_id: str) -> bool:
+        return self._failed_path(feature_set, dialogue_id).exists()
+
+    def part_config(self, feature_set: str, dialogue_id: str) -> str | None:
+        """The configuration hash a dialogue's part was made with (None: no readable part)."""
+        try:
+            with h5py.File(self.part_path(feature_set, dialogue_id), "r") as h5:
+                return str(h5.attrs.get("config_hash"))
+        except (OSError, FileNotFoundError):
+            return None
+
     def write_dialogue_failure(self, feature_set: str, dialogue_id: str, reason: str) -> None:
         """Record that a whole dialogue failed; it is not done, so a re-run tries it again."""
         path = self._failed_path(feature_set, dialogue_id)

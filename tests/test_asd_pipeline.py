@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3ed.asd.assign import COLUMNS
+from m3ed.asd.assign import COLUMNS, Rule
 from m3ed.asd.pipeline import FEATURE_SET, read_dialogue_faces
 from m3ed.media import probe
 from m3ed.pipelines.cli import main
@@ -44,13 +44,15 @@ def test_speaker_faces_for_every_utterance(asd_out, sample_corpus):
     dialogue = sample_corpus[DIALOGUE]
     with FeatureReader(asd_out / "features" / f"{FEATURE_SET}.h5") as reader:
         assert list(reader.attrs["columns"]) == list(COLUMNS)
+        assert reader.attrs["assign_rules"] == "authors" and "3 single_face" in reader.attrs["stage_codes"]
         for u in dialogue.utterances:
             rows = reader[u.id]
             assert rows.dtype == np.float32 and rows.shape[1] == len(COLUMNS)
             assert abs(len(rows) - (u.end - u.start) * 25) <= 1
             assert np.array_equal(rows[:, 0], np.arange(rows[0, 0], rows[0, 0] + len(rows)))
             found = rows[rows[:, 1] >= 0]
-            assert set(np.unique(found[:, 7])) <= {1.0, 2.0}
+            assert set(np.unique(found[:, 7])) <= {float(r) for r in Rule if r != Rule.NONE}
+            assert np.all(rows[rows[:, 1] < 0, 7] == Rule.NONE)
             assert np.all(found[:, 4] > found[:, 2]) and np.all(found[:, 5] > found[:, 3])
             assert np.all((found[:, 6] >= 0) & (found[:, 6] <= 1))
 
@@ -74,7 +76,20 @@ def test_stage1_finds_speaking_faces_with_real_weights(asd_out, sample_corpus):
         pytest.skip(f"{LIGHT_ASD_WEIGHTS} not found: real-weight ASD check skipped")
     with FeatureReader(asd_out / "features" / f"{FEATURE_SET}.h5") as reader:
         stages = np.concatenate([reader[u.id][:, 7] for u in sample_corpus[DIALOGUE].utterances])
-    assert (stages == 1).mean() > 0.5
+    # the authors' stage 1 takes detected frames only (every 5th here); case 2.1 carries the
+    # speaking face through the frames between
+    assert (stages == Rule.ASD).mean() > 0.5 / 5
+    assert np.isin(stages, [Rule.ASD, Rule.SAME_UTTERANCE]).mean() > 0.5
+
+
+def test_authors_rules_give_every_two_shot_frame_a_face(asd_out, sample_corpus):
+    # the sample's utterances are all on screen with one or two tracked faces: their stage 2 always decides
+    with FeatureReader(asd_out / "features" / f"{FEATURE_SET}.h5") as reader:
+        rows = np.concatenate([reader[u.id] for u in sample_corpus[DIALOGUE].utterances])
+    record = read_dialogue_faces(asd_out, DIALOGUE)
+    on_screen = {f for t in record["tracks"] for f in t["frames"]}
+    with_face = np.isin(rows[:, 0], sorted(on_screen))
+    assert np.all(rows[with_face, 1] >= 0) and np.all(rows[~with_face, 1] < 0)
 
 
 def test_viz_renders_a_playable_video_with_sound(asd_out, tmp_path, sample_paths):

@@ -1,10 +1,14 @@
-"""Two-stage speaker-face assignment with injected ASD scores and face embeddings."""
+"""Two-stage speaker-face assignment with injected ASD scores and face embeddings.
+
+The strict rules' tests come first; the authors' rules (the default) are checked on cases built by
+hand from the logic of their ``preprocess/extract_spk_faces.py`` (JinmingZhao/MEmoConv)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from m3ed.asd.assign import COLUMNS, NO_DECISION, STAGE1, STAGE2, AssignParams, assign_speakers, utterance_frames
+from m3ed.asd.assign import (COLUMNS, NO_DECISION, RULE_NAMES, STAGE1, STAGE2, AssignParams, Rule, assign_speakers,
+                             utterance_frames)
 from m3ed.asd.track import Track
 from m3ed.corpus import Dialogue, Utterance
 
@@ -31,7 +35,7 @@ def face(first: int, n: int, track_id: int, identity: np.ndarray, prob: float, x
 
 def run(dlg: Dialogue, faces: list, **params) -> dict[str, np.ndarray]:
     tracks, scores, embeddings = (list(x) for x in zip(*faces)) if faces else ([], [], [])
-    return assign_speakers(dlg, tracks, scores, embeddings, FPS, AssignParams(**params))
+    return assign_speakers(dlg, tracks, scores, embeddings, FPS, AssignParams(**{"rules": "strict", **params}))
 
 
 def two_speakers(a_prob_later: float = 0.95, later_identity=ID_A, b_frames: int = 50) -> tuple[Dialogue, list]:
@@ -130,7 +134,7 @@ def test_similarity_mean_or_max():
 def test_single_face_rule():
     dlg, faces = two_speakers(a_prob_later=0.3, later_identity=STRANGER)
     with_rule = run(dlg, faces, single_face_rule=True)["d_3"]
-    assert np.all(with_rule[:, COL["stage"]] == STAGE2) and np.all(with_rule[:, COL["track"]] == 3)
+    assert np.all(with_rule[:, COL["stage"]] == Rule.SINGLE_FACE) and np.all(with_rule[:, COL["track"]] == 3)
     without = run(dlg, faces, single_face_rule=False)["d_3"]
     assert np.all(without[:, COL["stage"]] == NO_DECISION)
 
@@ -197,3 +201,170 @@ def test_one_speaker_per_track_tie_withdraws_everyone():
     dlg = dialogue(("A", 0.0, 1.0), ("B", 1.0, 2.0))
     out = run(dlg, [face(0, 50, 1, ID_A, 0.95)], single_face_rule=False)
     assert all(np.all(rows[:, COL["stage"]] == NO_DECISION) for rows in out.values())
+
+
+# --- the authors' rules ---------------------------------------------------------------------------
+
+PERP = unit(STRANGER - (STRANGER @ ID_A) * ID_A)   # orthogonal to A
+
+
+def like_a(cosine: float) -> np.ndarray:
+    """A unit vector whose cosine with A is ``cosine``."""
+    return unit(cosine * ID_A + np.sqrt(1 - cosine ** 2) * PERP)
+
+
+def aface(first: int, n: int, track_id: int, identity, demo_score, x: float = 0.0):
+    """A track, its ASD demo scores (a constant or one per frame) and its embeddings (one identity,
+    or one vector per frame)."""
+    track = Track(np.arange(first, first + n), np.tile([x, 10, x + 50, 60], (n, 1)), track_id)
+    scores = np.broadcast_to(np.asarray(demo_score, np.float32), (n,)).copy()
+    identity = np.asarray(identity, np.float32)
+    embeddings = np.tile(unit(identity), (n, 1)) if identity.ndim == 1 else identity / np.linalg.norm(identity, axis=1, keepdims=True)
+    return track, scores, embeddings
+
+
+def run_authors(dlg: Dialogue, faces: list, **params) -> dict[str, np.ndarray]:
+    tracks, scores, embeddings = (list(x) for x in zip(*faces)) if faces else ([], [], [])
+    probabilities = [np.full(len(t), 0.5, np.float32) for t in tracks]   # the authors' rules never read them
+    return assign_speakers(dlg, tracks, probabilities, embeddings, FPS, AssignParams(**params), stage1_scores=scores)
+
+
+def stages(rows: np.ndarray) -> list[int]:
+    return rows[:, COL["stage"]].astype(int).tolist()
+
+
+def tracks_of(rows: np.ndarray) -> list[int]:
+    return rows[:, COL["track"]].astype(int).tolist()
+
+
+def test_authors_rules_are_the_default_and_need_the_demo_scores():
+    assert AssignParams().rules == "authors"
+    dlg, faces = two_speakers()
+    with pytest.raises(ValueError, match="stage1_scores"):
+        assign_speakers(dlg, *(list(x) for x in zip(*faces)), FPS)
+    with pytest.raises(ValueError, match="rules"):
+        AssignParams(rules="lenient")
+    assert RULE_NAMES[int(Rule.SINGLE_FACE)] == "single_face"
+
+
+def test_authors_stage1_is_a_demo_score_above_zero():
+    # A talks 0-1 s; two faces throughout: A's (demo score 0.3) and B's (-0.5)
+    dlg = dialogue(("A", 0.0, 1.0))
+    out = run_authors(dlg, [aface(0, 25, 1, ID_A, 0.3), aface(0, 25, 2, ID_B, -0.5, x=100)])["d_1"]
+    assert stages(out) == [Rule.ASD] * 25 and tracks_of(out) == [1] * 25
+    # their test is "score > 0": the demo's rounded 0.0 is not speaking; nobody then has stage-1
+    # faces, so case 2.4 picks a random face in every frame
+    out = run_authors(dlg, [aface(0, 25, 1, ID_A, 0.0), aface(0, 25, 2, ID_B, -0.5, x=100)])["d_1"]
+    assert stages(out) == [Rule.RANDOM] * 25 and set(tracks_of(out)) == {1, 2}
+
+
+def test_authors_speaker_with_fewer_than_10_stage1_frames_has_none():
+    dlg = dialogue(("A", 0.0, 1.0))
+    for speaking, expected in ((9, [Rule.RANDOM] * 25), (10, [Rule.ASD] * 10 + [Rule.SAME_UTTERANCE] * 15)):
+        score = np.where(np.arange(25) < speaking, 0.4, -1.0)
+        out = run_authors(dlg, [aface(0, 25, 1, ID_A, score), aface(0, 25, 2, ID_B, -1.0, x=100)])["d_1"]
+        assert stages(out) == expected, speaking
+
+
+def test_authors_stage1_needs_a_detected_face():
+    # they match the track's box to the frame's detections: interpolated positions never match
+    dlg = dialogue(("A", 0.0, 1.0))
+    t1, s1, e1 = aface(0, 25, 1, ID_A, 0.4)
+    t1.detected[10:] = False                      # 10 detected speaking frames: enough
+    out = run_authors(dlg, [(t1, s1, e1), aface(0, 25, 2, ID_B, -1.0, x=100)])["d_1"]
+    assert stages(out)[:10] == [Rule.ASD] * 10 and Rule.ASD not in stages(out)[10:]
+    t1.detected[9] = False                        # 9: A has no stage-1 faces at all
+    out = run_authors(dlg, [(t1, s1, e1), aface(0, 25, 2, ID_B, -1.0, x=100)])["d_1"]
+    assert set(stages(out)) == {Rule.RANDOM}
+
+
+def test_authors_single_face_goes_to_every_speaker_and_comes_first():
+    # A has stage-1 faces; B has none (never speaking). In B's turn a stranger is alone on screen:
+    # theirs gives it to B (strict leaves it undecided). In A's turn A's lone speaking face counts
+    # as their case 1 (checked before the ASD case 2.0).
+    dlg = dialogue(("A", 0.0, 1.0), ("B", 1.0, 2.0))
+    faces = [aface(0, 25, 1, ID_A, 0.5), aface(25, 25, 2, STRANGER, -2.0)]
+    out = run_authors(dlg, faces)
+    assert stages(out["d_1"]) == [Rule.SINGLE_FACE] * 25 and tracks_of(out["d_1"]) == [1] * 25
+    assert stages(out["d_2"]) == [Rule.SINGLE_FACE] * 25 and tracks_of(out["d_2"]) == [2] * 25
+    strict = run(dlg, [faces[0], (faces[1][0], np.full(25, 0.1, np.float32), faces[1][2])])
+    assert stages(strict["d_2"]) == [NO_DECISION] * 25
+
+
+def test_authors_case_2_1_same_face_index_above_0_6():
+    # A's turn, 50 frames. Face index 0: track 1 (B), all along. Index 1: track 2 (A, speaking in
+    # frames 0-14), then track 3 from frame 15 (someone with cosine c to A, silent).
+    dlg = dialogue(("A", 0.0, 2.0))
+    for cosine, chosen in ((0.65, 3), (0.55, 1)):
+        faces = [aface(0, 50, 1, ID_B, -1.0), aface(0, 15, 2, ID_A, 0.5, x=100),
+                 aface(15, 35, 3, like_a(cosine), -1.0, x=100)]
+        out = run_authors(dlg, faces)["d_1"]
+        assert stages(out) == [Rule.ASD] * 15 + [Rule.SAME_UTTERANCE] * 35
+        # above 0.6 the face at index 1 is kept; otherwise "the other" index 0 is taken, even B's face
+        assert tracks_of(out)[15:] == [chosen] * 35, cosine
+        assert np.allclose(out[15:, COL["similarity"]], cosine, atol=1e-5)
+
+
+def test_authors_case_2_1_index_2_falls_back_to_face_0():
+    # three faces; A's stage-1 faces sit at index 2; the face now at index 2 is not A: face 0
+    dlg = dialogue(("A", 0.0, 2.0))
+    faces = [aface(0, 50, 1, ID_B, -1.0), aface(0, 50, 2, STRANGER, -1.0, x=100),
+             aface(0, 15, 3, ID_A, 0.5, x=200), aface(15, 35, 4, like_a(0.1), -1.0, x=200)]
+    out = run_authors(dlg, faces)["d_1"]
+    assert tracks_of(out)[15:] == [1] * 35 and stages(out)[15:] == [Rule.SAME_UTTERANCE] * 35
+
+
+def test_authors_case_2_2_most_similar_without_threshold():
+    # A's stage-1 faces come from another utterance; here two silent faces: B and a weak likeness
+    # of A (cosine 0.3, below the strict threshold 0.5). Theirs takes the most similar.
+    dlg = dialogue(("A", 0.0, 1.0), ("A", 1.0, 2.0))
+    faces = [aface(0, 25, 1, ID_A, 0.5), aface(25, 25, 2, ID_B, -1.0), aface(25, 25, 3, like_a(0.3), -1.0, x=100)]
+    out = run_authors(dlg, faces)["d_2"]
+    assert stages(out) == [Rule.MOST_SIMILAR] * 25 and tracks_of(out) == [3] * 25
+    assert np.allclose(out[:, COL["similarity"]], 0.3, atol=1e-5)
+
+
+def test_authors_case_2_1_with_two_face_indices_uses_case_2_2():
+    # this utterance's stage-1 faces of A sit at index 0 (frames 0-9: B's face, an ASD false
+    # positive) and index 1 (frames 10-24: A's): the bank holds both, A's more often
+    dlg = dialogue(("A", 0.0, 2.0))
+    s_left = np.where(np.arange(50) < 10, 0.5, -1.0)
+    s_right = np.where((np.arange(50) >= 10) & (np.arange(50) < 25), 0.5, -1.0)
+    faces = [aface(0, 50, 1, ID_B, s_left), aface(0, 50, 2, ID_A, s_right, x=100)]
+    out = run_authors(dlg, faces)["d_1"]
+    assert stages(out) == [Rule.ASD] * 25 + [Rule.MOST_SIMILAR] * 25 and tracks_of(out)[25:] == [2] * 25
+
+
+def test_authors_case_2_3_least_like_the_other_speaker():
+    # B has no stage-1 faces, A has: in B's turn, the face least like A
+    dlg = dialogue(("A", 0.0, 1.0), ("B", 1.0, 2.0))
+    faces = [aface(0, 25, 1, ID_A, 0.5), aface(25, 25, 2, like_a(0.7), -1.0), aface(25, 25, 3, like_a(0.2), -1.0, x=100)]
+    out = run_authors(dlg, faces)["d_2"]
+    assert stages(out) == [Rule.LEAST_LIKE_OTHER] * 25 and tracks_of(out) == [3] * 25
+    assert np.allclose(out[:, COL["similarity"]], 0.2, atol=1e-5)
+
+
+def test_authors_case_2_4_random_face_is_seeded():
+    dlg = dialogue(("A", 0.0, 4.0))
+    faces = [aface(0, 100, 1, ID_A, -1.0), aface(0, 100, 2, ID_B, -1.0, x=100)]
+    first, again = run_authors(dlg, faces)["d_1"], run_authors(dlg, faces)["d_1"]
+    other_seed = run_authors(dlg, faces, seed=1)["d_1"]
+    assert set(stages(first)) == {Rule.RANDOM} and set(tracks_of(first)) == {1, 2}
+    assert tracks_of(first) == tracks_of(again) and tracks_of(first) != tracks_of(other_seed)
+
+
+def test_authors_speaker_bank_is_their_evenly_spaced_subset():
+    # 120 stage-1 frames of A (> 100: they keep int(120 / 2) = 60, at np.linspace(0, 119, 60)
+    # truncated: the even frames 0..116 and frame 119). Frame embeddings alternate X (even), Y (odd).
+    x, y = unit(ID_A), unit(STRANGER)
+    alternating = np.where((np.arange(120) % 2 == 0)[:, None], x, y)
+    dlg = dialogue(("A", 0.0, 4.8), ("A", 5.0, 6.0))
+    probe_face = unit(ID_A + ID_B)
+    faces = [aface(0, 120, 1, alternating, 0.5), aface(125, 25, 2, probe_face, -1.0),
+             aface(125, 25, 3, -probe_face, -1.0, x=100)]
+    out = run_authors(dlg, faces)["d_2"]
+    picked = np.linspace(0, 119, 60, dtype=int)
+    assert np.sum(picked % 2) == 1   # the hand count above: 59 X, 1 Y
+    expected = (59 * float(probe_face @ x) + float(probe_face @ y)) / 60
+    assert stages(out) == [Rule.MOST_SIMILAR] * 25 and tracks_of(out) == [2] * 25
+    assert np.allclose(out[:, COL["similarity"]], expected, atol=1e-5)

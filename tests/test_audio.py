@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from m3ed.corpus import Corpus, Dialogue, Utterance
-from m3ed.extract.audio import FRAME, FT_LAST, MEAN, NO_AUDIO, AudioConfig, AudioEncoder, AudioStage
+from m3ed.extract.audio import (FRAME, FT_LAST, MEAN, NO_AUDIO, AudioConfig, AudioEncoder, AudioStage, InputRule,
+                               resolve_input_rule)
 from m3ed.extract.batching import BatchBudget
 from m3ed.extract.hf_models import XLSR_FEATURES, XLSR_TINY, ModelSpec, model_spec
 from m3ed.locate import MediaSource, Timing
@@ -108,22 +110,88 @@ def test_stage_decodes_once_and_reports_per_utterance(tmp_path, tiny_audio, spee
     frames = first.features[FRAME]
     assert frames["d1_1"].shape == (stage._encoder("base").num_frames(round(1.2 * 16000)), 32)
     assert frames["d1_2"].shape == (1, 32)                       # 10 ms, padded to 400 samples
-    np.testing.assert_allclose(first.features[MEAN]["d1_3"], frames["d1_3"][:50].mean(axis=0), rtol=1e-6)
+    clipped = stage._encoder("base").encode([speech[32000:48000]])[0]   # d1_3 clipped to its first 1 s
+    np.testing.assert_allclose(first.features[MEAN]["d1_3"], clipped.mean(axis=0), rtol=1e-4, atol=1e-5)
     assert "d1_4" not in frames and {f.reason for f in first.failures} == {NO_AUDIO}
     assert second.error and "d2" in second.error and "nowhere" in second.error
     np.testing.assert_allclose(frames["d1_1"], stage._encoder("base").encode([speech[3200:22400]])[0], rtol=1e-4, atol=1e-5)
 
 
-def test_fine_tuned_last_step_with_the_authors_fixed_length(tmp_path, tiny_audio, speech):
-    clip = dialogue_on(SPEECH, "d1", [(0.2, 1.4), (0.5, 4.9)])
-    stage = AudioStage(AudioConfig(tiny_audio, finetuned=tiny_audio.name, ft_seconds=4.0))
+def authors_normalise(wave: np.ndarray) -> np.ndarray:
+    """Wav2Vec2Processor with do_normalize, on one whole waveform: zero mean, unit variance (eps 1e-7)."""
+    return (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+
+
+def authors_last_step(directory: str, wave: np.ndarray) -> np.ndarray:
+    """The authors' fine-tuned feature (chmed_wav2vec_dataset + Wav2VecDNNModel, embd_method 'last'): the
+    processor normalises the whole utterance, then it is zero-padded or clipped to 4 * 16000 samples, and
+    the encoder runs on it without an attention mask; the feature is the last time step."""
+    x = authors_normalise(wave)
+    x = x[: 4 * 16000] if len(x) >= 4 * 16000 else np.concatenate([x, np.zeros(4 * 16000 - len(x))])
+    model = Wav2Vec2Model.from_pretrained(directory).eval()
+    with torch.no_grad():
+        return model(torch.tensor(x, dtype=torch.float32)[None]).last_hidden_state[0, -1].numpy()
+
+
+def test_fine_tuned_last_step_is_the_authors_by_default(tmp_path, tiny_audio, speech):
+    clip = dialogue_on(SPEECH, "d1", [(0.2, 1.4), (0.5, 4.9)])       # 1.2 s (padded) and 4.4 s (clipped)
+    stage = AudioStage(AudioConfig(tiny_audio, finetuned=tiny_audio.name))   # no rule recorded: the authors'
     result, = stage.process([clip], context(tmp_path, [clip]))
     stage.close()
-    assert stage.feature_sets == (FRAME, MEAN, FT_LAST)
-    fixed = np.pad(speech[3200:22400], (0, 4 * 16000 - 19200))  # 1.2 s zero-padded to 4 s
-    expected = AudioEncoder(tiny_audio).encode([fixed])[0][-1]
-    np.testing.assert_allclose(result.features[FT_LAST]["d1_1"], expected, rtol=1e-4, atol=1e-5)
+    assert stage.feature_sets == (FRAME, MEAN, FT_LAST) and stage.ft_rule == InputRule(4.0)
+    for uid, wave in (("d1_1", speech[3200:22400]), ("d1_2", speech[8000:78400])):
+        theirs = authors_last_step(tiny_audio.name, wave)
+        np.testing.assert_allclose(result.features[FT_LAST][uid], theirs, rtol=1e-4, atol=1e-4)
+    # The rule before this fix (pad or clip the raw wave, then normalise the padded signal) is another input.
+    padded_first = np.pad(speech[3200:22400], (0, 4 * 16000 - 19200))
+    old = AudioEncoder(tiny_audio).encode([padded_first])[0][-1]
+    assert relative_error(old, authors_last_step(tiny_audio.name, speech[3200:22400])) > 1e-3
     assert not stage._encoders  # close() released the models
+
+
+def test_input_rule_by_hand():
+    wave = np.arange(1, 6, dtype=np.float32)
+    assert InputRule(seconds=6 / 16000).apply(wave).tolist() == [1, 2, 3, 4, 5, 0]       # zero-padded
+    assert InputRule(seconds=3 / 16000).apply(wave).tolist() == [1, 2, 3]                # clipped
+    assert InputRule(seconds=0, max_seconds=2 / 16000).apply(wave).tolist() == [1, 2]    # clipped, never padded
+    assert InputRule(seconds=0).apply(wave).tolist() == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError):
+        InputRule(seconds=-1)
+
+
+def test_input_rule_of_checkpoints_that_do_not_record_one(tmp_path):
+    assert InputRule.of_checkpoint(tmp_path) is None                        # made elsewhere
+    assert resolve_input_rule(str(tmp_path), None) == InputRule(4.0)        # the authors' rule
+    assert resolve_input_rule(str(tmp_path), 0) == InputRule(0.0)           # the whole utterance, as asked
+    (tmp_path / "finetune.json").write_text('{"config": {"max_seconds": 10.0}}')  # m3ed, before rules were recorded
+    assert resolve_input_rule(str(tmp_path), None) == InputRule(0.0, 10.0)  # what it was trained on
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def test_mean_clips_the_waveform_before_encoding_like_the_authors(tmp_path, tiny_audio, speech):
+    long_wave = read_wav(write_wav(tmp_path / "long.wav", np.concatenate([speech, speech[::-1], speech])[:12 * 16000]))
+    clip = dialogue_on(tmp_path / "long.wav", "d1", [(0.0, 12.0), (1.0, 3.0)])
+    means = {}
+    for mode in ("before", "after"):
+        stage = AudioStage(AudioConfig(tiny_audio, mean_clip=mode) if mode == "after" else AudioConfig(tiny_audio))
+        result, = stage.process([clip], context(tmp_path, [clip]))
+        stage.close()
+        means[mode] = result.features[MEAN]
+    frames = result.features[FRAME]["d1_1"]
+    # The authors' read_audio: longer than 10 s -> speech[:int(16000 * 10)]; the processor and the model on that.
+    model = Wav2Vec2Model.from_pretrained(tiny_audio.name).eval()
+    with torch.no_grad():
+        theirs = model(torch.tensor(authors_normalise(long_wave[:160000]), dtype=torch.float32)[None]).last_hidden_state
+    np.testing.assert_allclose(means["before"]["d1_1"], theirs[0].numpy().mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(means["after"]["d1_1"], frames[:500].mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert frames.shape[0] > 500 and relative_error(means["before"]["d1_1"], means["after"]["d1_1"]) > 1e-3
+    np.testing.assert_allclose(means["before"]["d1_2"], means["after"]["d1_2"], rtol=1e-5, atol=1e-6)  # 2 s: same
 
 
 def test_missing_and_corrupted_models_fail_clearly(tmp_path, monkeypatch):
@@ -141,7 +209,10 @@ def test_command_line_options_reach_the_stage(tmp_path, models_cache):
 
     parser = argparse.ArgumentParser()
     AudioStage.add_arguments(parser)
-    args = parser.parse_args(["--audio-mean-max-seconds", "0", "--audio-ft-seconds", "4"])
+    defaults = AudioStage.from_args(parser.parse_args([]), context(tmp_path, []))
+    assert (defaults.config.mean_max_seconds, defaults.config.mean_clip, defaults.config.ft_seconds) == (10.0, "before", None)
+    args = parser.parse_args(["--audio-mean-max-seconds", "0", "--audio-ft-seconds", "4", "--audio-mean-clip", "after"])
     stage = AudioStage.from_args(args, context(tmp_path, []))
     assert (stage.config.mean_max_seconds, stage.config.ft_seconds, stage.config.chunk_seconds) == (0.0, 4.0, 30.0)
+    assert stage.config.mean_clip == "after" and stage.provenance()["mean_clip"] == "after"
     assert stage.feature_sets == (FRAME, MEAN) and stage.provenance()["mean_max_seconds"] == 0.0

@@ -1,4 +1,4 @@
-"""Face identity embeddings (facenet-pytorch InceptionResnetV1), random weights and the offline error."""
+"""Face identity embeddings (InceptionResnetV1 and the authors' SENet-50), random weights and the offline errors."""
 from __future__ import annotations
 
 import cv2
@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 import torch
 
-from m3ed.asd.embed import EMBED_DIM, EMBED_SIZE, FaceEmbedder
+from m3ed.asd.embed import EMBED_DIM, EMBED_SIZE, FaceEmbedder, resolve_embedder, senet50_box
 from m3ed.profiles import ModelUnavailable, get_profile
 
 
@@ -66,3 +66,44 @@ def test_vggface2_offline_and_not_cached_says_how_to_provide_it(tmp_path, monkey
         FaceEmbedder(get_profile("paper"), "cpu")
     message = str(error.value)
     assert "vggface2" in message and "20180402-114759-vggface2.pt" in message and str(tmp_path) in message
+
+
+# --- SENet-50, the authors' embedder ---------------------------------------------------------------
+
+def test_senet50_embedder_reads_224_crops_and_gives_2048_d_unit_vectors(faces):
+    senet = FaceEmbedder(get_profile("tiny"), "cpu", model="senet50-vggface2")
+    crops = np.stack([cv2.resize(f, (224, 224)) for f in faces])
+    plain = senet.embed(crops)
+    assert senet.name == "senet50-vggface2" and senet.input_size == 224 and plain.shape == (2, 2048)
+    assert np.allclose(np.linalg.norm(plain, axis=1), 1.0, atol=1e-5)
+    quirk = FaceEmbedder(get_profile("tiny"), "cpu", model="senet50-vggface2", authors_cast=True)
+    assert quirk.authors_cast and not np.allclose(quirk.embed(crops), plain, atol=1e-3)
+    with pytest.raises(ValueError, match="224, 224, 3"):
+        senet.embed(faces)
+
+
+def test_auto_uses_senet50_only_when_its_weights_are_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert resolve_embedder("auto", get_profile("paper")) == "inception-resnet-v1"
+    assert resolve_embedder("auto", get_profile("tiny")) == "inception-resnet-v1"
+    cached = tmp_path / "checkpoints" / "senet50_scratch_weight.pkl"
+    cached.parent.mkdir()
+    cached.write_bytes(b"x")
+    assert resolve_embedder("auto", get_profile("paper")) == "senet50-vggface2"
+    assert resolve_embedder("auto", get_profile("tiny")) == "inception-resnet-v1"   # random weights: the cheap one
+    with pytest.raises(ValueError, match="senet50-vggface2"):
+        resolve_embedder("arcface", get_profile("paper"))
+
+
+def test_senet50_without_weights_says_how_to_provide_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ModelUnavailable) as error:
+        FaceEmbedder(get_profile("paper"), "cpu", model="senet50-vggface2")
+    message = str(error.value)
+    assert "senet50_scratch_weight.pkl" in message and "--face-embedder-checkpoint" in message
+    assert str(tmp_path) in message
+
+
+def test_senet50_box_is_what_resize_256_center_crop_224_keeps():
+    # a 100 x 200 box: the shorter side becomes 256, the central 224 x 224 is 87.5 px of the source
+    assert np.allclose(senet50_box(np.array([10, 20, 110, 220])), [16.25, 76.25, 103.75, 163.75])

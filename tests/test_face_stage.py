@@ -130,11 +130,51 @@ def test_paper_profile_needs_a_checkpoint(context):
         FaceStage.from_args(argparse.Namespace(fer_checkpoint=None), paper)
 
 
-def test_crop_face_pads_outside_the_picture():
+def test_square_crop_pads_outside_the_picture():
     frame = np.full((100, 100, 3), 200, np.uint8)
-    crop = crop_face(frame, np.array([-20, -20, 30, 30], np.float32))
+    crop = crop_face(frame, np.array([-20, -20, 30, 30], np.float32), "square")
     assert crop.shape == (64, 64) and crop.dtype == np.uint8
     assert crop[0, 0] == 0 and crop[-1, -1] == 200  # zero padding top-left, picture bottom-right
+
+
+def authors_face(frame_rgb: np.ndarray, box) -> np.ndarray:
+    """extract_spk_faces.extract_all_face (x1, y1 clamped at 0, img[int(y1):int(y2), int(x1):int(x2)] of the
+    BGR frame) followed by DensefaceExtractor (BGR2GRAY, cv2.resize to 64x64, default interpolation)."""
+    img = np.ascontiguousarray(frame_rgb[:, :, ::-1])  # cv2.imread gives BGR
+    x1, y1, x2, y2 = box
+    x1, y1 = max(x1, 0), max(y1, 0)
+    face = img[int(y1):int(y2), int(x1):int(x2)]
+    return cv2.resize(cv2.cvtColor(face, cv2.COLOR_BGR2GRAY), (64, 64))
+
+
+def test_default_crop_is_the_authors_stretched_box():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    for box in [(10.7, 5.2, 50.9, 85.6), (-12.5, -3.9, 30.2, 40.8), (140.3, 90.1, 175.0, 131.0)]:
+        np.testing.assert_array_equal(crop_face(frame, np.array(box, np.float32)), authors_face(frame, box))
+    # A 40x80 box, left half black and right half white: stretched, no context around it.
+    halves = np.full((120, 160, 3), 128, np.uint8)
+    halves[20:100, 60:80], halves[20:100, 80:100] = 0, 255
+    tight = crop_face(halves, np.array([60, 20, 100, 100], np.float32))
+    assert (tight[:, :31] == 0).all() and (tight[:, 33:] == 255).all()
+    square = crop_face(halves, np.array([60, 20, 100, 100], np.float32), "square")
+    assert (square[:, :10] == 128).all()  # the square shows the frame around the face
+    with pytest.raises(ValueError, match="holds no pixel"):
+        crop_face(halves, np.array([170, 10, 200, 50], np.float32))
+
+
+def test_stage_cuts_the_authors_crop_by_default(context, stage):
+    assert stage.config.crop == "tight" and stage.provenance()["crop"] == "tight"
+    rows = speaker_face_rows(range(40, 43), FACE_BOX)
+    crops = stage._crops(context.corpus["clip_1"], {"u": rows}, context)["u"]
+    frames = np.concatenate(list(context.media.frames(context.media.locate(context.corpus["clip_1"]), fps=25.0)))
+    for crop, frame in zip(crops, frames[40:43]):
+        np.testing.assert_array_equal(crop, authors_face(frame, tuple(FACE_BOX)))
+    parser = argparse.ArgumentParser()
+    FaceStage.add_arguments(parser)
+    square = FaceStage.from_args(parser.parse_args(["--fer-crop", "square"]), context)
+    assert square.config.crop == "square" and square.attrs(FRAME_SET)["crop_scale"] == 1.2
+    assert not np.array_equal(square._crops(context.corpus["clip_1"], {"u": rows}, context)["u"][0], crops[0])
 
 
 def test_through_the_runner_into_published_files(context):

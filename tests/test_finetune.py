@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from m3ed.corpus import EMOTIONS
-from m3ed.extract.audio import FT_LAST, AudioConfig, AudioStage
-from m3ed.extract.finetune import add_finetune_parser, load_classifier
+from m3ed.extract.audio import FT_LAST, AudioConfig, AudioStage, InputRule, decode_dialogue
+from m3ed.extract.finetune import add_finetune_parser, audio_examples, load_classifier
 from m3ed.extract.hf_models import model_spec
 from m3ed.extract.text import FT_CLS, TextConfig, TextEncoder, TextStage
 from m3ed.loaders import load_corpus
@@ -83,3 +83,44 @@ def test_audio_finetune_checkpoint_feeds_the_extractor(models_cache, manifest, t
     stage.close()
     assert not result.error and set(result.features[FT_LAST]) == {f"val_{i}" for i in range(1, len(LINES) + 1)}
     assert result.features[FT_LAST]["val_1"].shape == (32,)
+
+    # Training input = the authors' rule (normalise the whole utterance, then zero-pad to 4 s) = extraction input.
+    assert json.loads((out / "finetune.json").read_text())["input"] == {"seconds": 4.0, "max_seconds": 0.0}
+    assert stage.ft_rule == InputRule(4.0)
+    classifier = load_classifier(out, "audio")
+    raw = decode_dialogue(context.media, corpus["val"]).waves["val_1"]
+    example, = [e for e in audio_examples(corpus, context.media, InputRule(4.0), classifier_features(out), 400)
+                if e.id == "val_1"]
+    authors = np.concatenate([(raw - raw.mean()) / np.sqrt(raw.var() + 1e-7), np.zeros(4 * 16000 - len(raw))])
+    np.testing.assert_allclose(example.data, authors, rtol=1e-4, atol=1e-4)
+    inputs = classifier_features(out).pad({"input_values": [example.data]}, return_attention_mask=True, return_tensors="pt")
+    with torch.inference_mode():
+        trained_on = classifier.pooled(dict(inputs))[0].numpy()
+    np.testing.assert_allclose(result.features[FT_LAST]["val_1"], trained_on, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="--audio-ft-seconds 0.*trained on input normalised, then zero-padded or clipped to 4 s"):
+        AudioStage(AudioConfig(model_spec(get_profile("tiny"), "audio"), finetuned=str(out), ft_seconds=0))
+
+
+def classifier_features(directory: Path):
+    from transformers import AutoFeatureExtractor
+
+    return AutoFeatureExtractor.from_pretrained(directory)
+
+
+def test_audio_finetune_with_variable_length_records_its_rule(models_cache, manifest, tmp_path):
+    out = tmp_path / "audio_var"
+    assert finetune(["finetune", "audio", "--annotations", str(manifest), "--profile", "tiny", "--out", str(out),
+                     "--epochs", "1", "--max-steps", "1", "--batch-size", "3", "--device", "cpu", "--no-progress",
+                     "--audio-ft-seconds", "0", "--max-seconds", "0.3"]) == 0
+    stage = AudioStage(AudioConfig(model_spec(get_profile("tiny"), "audio"), finetuned=str(out)))
+    assert stage.ft_rule == InputRule(0.0, 0.3) and stage.provenance()["ft_input"] == {"seconds": 0.0, "max_seconds": 0.3}
+    corpus = load_corpus(manifest)
+    context = RunContext(corpus, MediaSource(None), FeatureStore(tmp_path / "features"), get_profile("tiny"))
+    result = next(stage.process([corpus["val"]], context))
+    stage.close()
+    raw = decode_dialogue(context.media, corpus["val"]).waves["val_2"]
+    classifier = load_classifier(out, "audio")
+    clipped = ((raw - raw.mean()) / np.sqrt(raw.var() + 1e-7))[: round(0.3 * 16000)]
+    with torch.inference_mode():
+        hidden = classifier.encoder(torch.tensor(clipped, dtype=torch.float32)[None]).last_hidden_state[0]
+    np.testing.assert_allclose(result.features[FT_LAST]["val_2"], hidden[-1].numpy(), rtol=1e-4, atol=1e-4)

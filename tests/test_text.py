@@ -5,7 +5,8 @@ import logging
 
 import numpy as np
 import pytest
-from transformers import BertTokenizer
+import torch
+from transformers import BertModel, BertTokenizer
 
 from m3ed.corpus import Corpus, Dialogue, Utterance
 from m3ed.extract.hf_models import BERT_CHINESE, ModelSpec, chinese_vocab, local_model_dir, model_spec
@@ -65,13 +66,47 @@ def test_stage_features_truncation_and_empty_text(tiny_text, caplog):
         results = list(stage.process(dialogues, context=None))
     assert [r.dialogue_id for r in results] == ["d1", "d2"]
     frames = results[0].features[FRAME]
-    assert frames["d1_1"].shape == (len(SENTENCES[0]), 32)   # one token per character, no [CLS]/[SEP]
-    np.testing.assert_allclose(results[0].features[MEAN]["d1_1"], frames["d1_1"].mean(axis=0), rtol=1e-6)
+    assert frames["d1_1"].shape == (len(SENTENCES[0]) + 2, 32)   # one token per character, plus [CLS] and [SEP]
+    np.testing.assert_allclose(results[0].features[MEAN]["d1_1"], frames["d1_1"][1:-1].mean(axis=0), rtol=1e-6)
     assert "d1_3" not in frames and "d1_4" not in frames
     assert {(f.feature_set, f.utterance_id, f.reason) for f in results[0].failures} == {
         (s, u, EMPTY_TEXT) for s in (FRAME, MEAN) for u in ("d1_3", "d1_4")}
-    assert results[1].features[FRAME]["d2_1"].shape == (510, 32)  # 512 with [CLS] and [SEP]
+    assert results[1].features[FRAME]["d2_1"].shape == (512, 32)  # the model limit, [CLS] and [SEP] included
     assert "d2_1" in caplog.text and "truncated" in caplog.text
+
+
+def authors_word_features(directory: str, sentence: str) -> np.ndarray:
+    """The authors' ``BertExtractor.extract_sentence``: ``tokenizer.encode`` adds [CLS] and [SEP], the
+    model runs on that one sentence, and its last hidden state is stored whole."""
+    tokenizer, model = BertTokenizer.from_pretrained(directory), BertModel.from_pretrained(directory).eval()
+    ids = torch.tensor(tokenizer.encode(sentence)).unsqueeze(0)
+    with torch.no_grad():
+        return model(ids)[0].squeeze(0).numpy()
+
+
+def test_default_features_are_the_authors(tiny_text):
+    stage = TextStage(TextConfig(tiny_text))
+    result, = stage.process([dialogue(SENTENCES)], context=None)
+    for i, sentence in enumerate(SENTENCES, 1):
+        theirs = authors_word_features(tiny_text.name, sentence)
+        ours = result.features[FRAME][f"d1_{i}"]
+        assert ours.shape == theirs.shape
+        assert relative_error(ours, theirs) < 1e-4                       # [CLS] ... [SEP], stored whole
+        np.testing.assert_allclose(result.features[MEAN][f"d1_{i}"], np.mean(theirs[1:-1], axis=0),
+                                   rtol=1e-4, atol=1e-6)                # their sent_avg: ft[1:-1]
+
+
+def test_special_tokens_can_be_dropped_from_the_frames(tiny_text):
+    keep, = TextStage(TextConfig(tiny_text)).process([dialogue(SENTENCES[:1])], context=None)
+    drop_stage = TextStage(TextConfig(tiny_text, special_tokens="drop"))
+    drop, = drop_stage.process([dialogue(SENTENCES[:1])], context=None)
+    frames = drop.features[FRAME]["d1_1"]
+    assert frames.shape == (len(SENTENCES[0]), 32)                       # the sentence's own tokens only
+    np.testing.assert_array_equal(frames, keep.features[FRAME]["d1_1"][1:-1])
+    np.testing.assert_array_equal(drop.features[MEAN]["d1_1"], keep.features[MEAN]["d1_1"])  # the mean never had them
+    assert drop_stage.provenance()["special_tokens"] == "drop" and "except special" in drop_stage.attrs(FRAME)["tokens"]
+    with pytest.raises(ValueError, match="--text-special-tokens"):
+        TextConfig(tiny_text, special_tokens="strip")
 
 
 def test_other_layer_and_its_validation(tiny_text, encoder):
@@ -123,8 +158,10 @@ def test_command_line_options_reach_the_stage(tmp_path, models_cache):
 
     parser = argparse.ArgumentParser()
     TextStage.add_arguments(parser)
-    args = parser.parse_args(["--text-layer", "1", "--text-batch-tokens", "512", "--text-finetuned", str(tmp_path)])
+    assert parser.parse_args([]).text_special_tokens == "keep"
+    args = parser.parse_args(["--text-layer", "1", "--text-batch-tokens", "512", "--text-finetuned", str(tmp_path),
+                              "--text-special-tokens", "drop"])
     context = RunContext(Corpus(()), MediaSource(None), FeatureStore(tmp_path), get_profile("tiny"))
     stage = TextStage.from_args(args, context)
-    assert (stage.config.layer, stage.config.batch_tokens) == (1, 512)
+    assert (stage.config.layer, stage.config.batch_tokens, stage.config.special_tokens) == (1, 512, "drop")
     assert stage.feature_sets == (FRAME, MEAN, "roberta_ft_cls")

@@ -1,28 +1,42 @@
 """Which face, frame by frame, is the annotated speaker's: the paper's two-stage assignment (A.1).
 
-Stage 1 (high-confidence faces): during an utterance of speaker S, a face whose speaking
-probability is at least ``stage1_min_prob`` is S's face (the most probable one when several are).
-Every stage-1 face of S across the dialogue goes into S's *face bank* of embeddings.
+Two rule sets (``AssignParams.rules``, ``--assign-rules``):
 
-Stage 2 (embedding matching): in the utterance frames stage 1 left open, each visible face is
-compared with S's bank and with the banks of the dialogue's other speakers (cosine similarity,
-reduced over the bank by ``similarity``: "mean" or "max"). The face most similar to S is chosen
-when that similarity reaches ``stage2_min_similarity`` and exceeds its similarity to every other
-known speaker by ``stage2_margin``. The authors' extra rules are options: a speaker with fewer than
-``min_stage1_faces`` stage-1 faces is *unknown* (too little evidence: no stage 2 for them, and
-their bank is not used as a rival), and ``single_face_rule`` gives a lone face in the frame to the
-speaker unless its embedding clearly says it is another known speaker. One rule of ours,
-``one_speaker_per_track``: a face track (one person) is never stage-1 evidence for two speakers.
+``authors`` (default) reproduces the authors' ``preprocess/extract_spk_faces.py``:
 
-Frames where nothing is decided are recorded as stage 0, never guessed.
+- stage 1: a face whose score from the ASD demo (the class-1 output averaged over the demo's
+  durations and rounded to 0.1; ``stage1_scores``) is above ``authors_min_score`` (0), at a frame
+  where the detector saw it (they match track boxes to the frame's detections), is the face of
+  the speaker whose utterance covers the frame (the highest score when several are). A speaker
+  with fewer than ``min_stage1_faces`` (10) such frames in the dialogue has none.
+- stage 2 decides every frame that has a face, in their order: the only face in the frame
+  (whatever the speaker); the speaker's stage-1 face; case 2.1: when this utterance's stage-1
+  faces of the speaker all sit at one face index k (faces of a frame ranked by track), the face at
+  k if its mean cosine similarity to them exceeds ``same_utterance_min_similarity`` (0.6), else the
+  other of faces 0 and 1 (face 0 when k >= 2); case 2.2: the face most similar to the speaker's
+  stage-1 faces; 2.3 (the speaker has none): the face least similar to the other speakers'; 2.4
+  (nobody has any): a random face, drawn from ``seed``, the utterance and the frame.
+  Speaker banks are their subset of the stage-1 faces: all up to 100, a half up to 300, a third
+  beyond, evenly spaced (``np.linspace``).
 
+``strict`` (ours) decides only on evidence: stage 1 takes a face with speaking probability
+sigmoid(s1 - s0) >= ``stage1_min_prob`` (0.9); stage 2 takes the face most similar to the
+speaker's stage-1 faces when that similarity reaches ``stage2_min_similarity`` (0.5) and beats
+every other known speaker by ``stage2_margin`` (0.1); ``single_face_rule`` gives a lone face to
+a speaker with stage-1 faces unless it clearly matches another speaker; a speaker with fewer than
+``min_stage1_faces`` stage-1 faces is unknown; ``one_speaker_per_track``: a face track (one person)
+is never stage-1 evidence for two speakers. Frames where nothing is decided are left undecided.
+
+The ``stage`` column records the rule that decided each frame (:class:`Rule`, :data:`RULE_NAMES`).
 Output per utterance: float32 ``[T, 9]`` with the columns of :data:`COLUMNS`.
 """
 from __future__ import annotations
 
 import math
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Literal, Protocol, Sequence
 
 import numpy as np
@@ -30,7 +44,24 @@ import numpy as np
 from ..corpus import Dialogue, Utterance
 
 COLUMNS: tuple[str, ...] = ("frame", "track", "x1", "y1", "x2", "y2", "asd_prob", "stage", "similarity")
-NO_DECISION, STAGE1, STAGE2 = 0, 1, 2
+RULES = ("authors", "strict")
+
+
+class Rule(IntEnum):
+    """The value of the ``stage`` column: which rule chose the face (authors' case numbers in brackets)."""
+
+    NONE = 0              # undecided: no face, or (strict) no rule applied
+    ASD = 1               # stage 1: the ASD model says this face speaks [case 2.0]
+    MATCH = 2             # strict stage 2: embedding similarity over threshold and margin
+    SINGLE_FACE = 3       # the only face in the frame [case 1]
+    SAME_UTTERANCE = 4    # [case 2.1] the face index of this utterance's stage-1 faces, or the other
+    MOST_SIMILAR = 5      # [case 2.2] most similar to the speaker's stage-1 faces
+    LEAST_LIKE_OTHER = 6  # [case 2.3] least similar to the other speaker's stage-1 faces
+    RANDOM = 7            # [case 2.4] nobody has stage-1 faces: a seeded random face
+
+
+RULE_NAMES: dict[int, str] = {int(r): r.name.lower() for r in Rule}
+NO_DECISION, STAGE1, STAGE2 = Rule.NONE, Rule.ASD, Rule.MATCH
 _TIME_EPS = 1e-6  # seconds; keeps frame i inside [start, end) when start == i / fps up to float error
 
 
@@ -44,8 +75,19 @@ class TrackLike(Protocol):
 
 @dataclass(frozen=True)
 class AssignParams:
-    """Thresholds of the two-stage assignment. Defaults are ours (the paper gives no numbers)."""
+    """Rule set and thresholds of the two-stage assignment (see the module docstring)."""
 
+    #: "authors": their extract_spk_faces.py (every frame with a face is decided); "strict": ours.
+    rules: Literal["authors", "strict"] = "authors"
+    #: authors: stage 1 takes a face whose demo score (rounded class-1 output) is above this.
+    authors_min_score: float = 0.0
+    #: authors, case 2.1: mean similarity above which the same face index is kept.
+    same_utterance_min_similarity: float = 0.6
+    #: authors, case 2.4: seed of the random face (with the utterance id and the frame).
+    seed: int = 0
+
+    # The thresholds below are the strict rules' (ours: the paper gives no numbers), except
+    # min_stage1_faces, which both rule sets use.
     #: Stage 1: minimum speaking probability, sigmoid(s1 - s0) of the ASD logits, for a face to be
     #: taken as the current speaker's without further evidence.
     stage1_min_prob: float = 0.9
@@ -68,6 +110,8 @@ class AssignParams:
     one_speaker_per_track: bool = True
 
     def __post_init__(self) -> None:
+        if self.rules not in RULES:
+            raise ValueError(f"AssignParams.rules must be one of {', '.join(RULES)}, got {self.rules!r}")
         if self.similarity not in ("mean", "max"):
             raise ValueError(f"AssignParams.similarity must be 'mean' or 'max', got {self.similarity!r}")
         if not 0.0 <= self.stage1_min_prob <= 1.0:
@@ -92,38 +136,59 @@ def utterance_frames(utterance: Utterance, fps: float) -> np.ndarray:
 
 
 def assign_speakers(dialogue: Dialogue, tracks: Sequence[TrackLike], scores: Sequence[np.ndarray],
-                    embeddings: Sequence[np.ndarray], fps: float,
-                    params: AssignParams = AssignParams()) -> dict[str, np.ndarray]:
-    """The speaker's face in every frame of every utterance; see the module docstring."""
+                    embeddings: Sequence[np.ndarray], fps: float, params: AssignParams = AssignParams(),
+                    stage1_scores: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The speaker's face in every frame of every utterance; see the module docstring.
+
+    ``scores``: per track, the speaking probability of each frame (the ``asd_prob`` column and the
+    strict stage 1). ``stage1_scores``: per track, the ASD demo's score (rounded mean class-1
+    output), which the authors' stage 1 thresholds; needed when ``params.rules == "authors"``.
+    """
     _check_inputs(dialogue, tracks, scores, embeddings)
     faces_at = _faces_by_frame(tracks)
     filled = [_fill_embeddings(np.asarray(e, np.float32)) for e in embeddings]
     probs = [np.asarray(s, np.float32) for s in scores]
     frames = {u.id: utterance_frames(u, fps) for u in dialogue.utterances}
+    if params.rules == "authors":
+        if stage1_scores is None or len(stage1_scores) != len(tracks):
+            raise ValueError(f"dialogue {dialogue.id}: the authors' rules need the ASD demo score of every "
+                             f"track (stage1_scores); pass them, or use rules='strict'")
+        decide = _authors_rules(dialogue, tracks, [np.asarray(s, np.float32) for s in stage1_scores],
+                                filled, frames, faces_at, params)
+    else:
+        decide = _strict_rules(dialogue, probs, filled, frames, faces_at, params)
 
+    result: dict[str, np.ndarray] = {}
+    for u in dialogue.utterances:
+        rows = np.full((len(frames[u.id]), len(COLUMNS)), np.nan, np.float32)
+        rows[:, 0], rows[:, 1], rows[:, 7] = frames[u.id], -1, Rule.NONE
+        for i, frame in enumerate(frames[u.id]):
+            face, rule, sim = decide(u, int(frame))
+            if face is not None:
+                _fill_row(rows[i], tracks, probs, face, rule, sim)
+        result[u.id] = rows
+    return result
+
+
+def _strict_rules(dialogue: Dialogue, probs, filled, frames, faces_at, params: AssignParams):
+    """The strict rules as a function (utterance, frame) -> (face or None, rule, similarity)."""
     stage1 = {u.id: _stage1(frames[u.id], faces_at, probs, params) for u in dialogue.utterances}
     if params.one_speaker_per_track:
         stage1 = _one_speaker_per_track(dialogue, stage1)
     banks = _speaker_banks(dialogue, stage1, filled)
     # A speaker needs at least one stage-1 face to be matched at all, whatever min_stage1_faces says.
     known = {s: bank for s, (bank, count) in banks.items() if count >= max(1, params.min_stage1_faces)}
-    if params.similarity == "mean":  # the mean of cosines with unit rows is the cosine with their mean
+    if params.similarity == "mean":  # mean of the dot products = dot product with the mean row
         known = {s: bank.mean(axis=0, keepdims=True) if bank.size else bank for s, bank in known.items()}
 
-    result: dict[str, np.ndarray] = {}
-    for u in dialogue.utterances:
-        rows = np.full((len(frames[u.id]), len(COLUMNS)), np.nan, np.float32)
-        rows[:, 0], rows[:, 1], rows[:, 7] = frames[u.id], -1, NO_DECISION
-        for i, frame in enumerate(frames[u.id]):
-            decision = stage1[u.id].get(int(frame))
-            if decision is not None:
-                _fill_row(rows[i], tracks, probs, decision, STAGE1, np.nan)
-            elif u.speaker in known:
-                face, sim = _stage2(faces_at.get(int(frame), []), u.speaker, known, filled, params)
-                if face is not None:
-                    _fill_row(rows[i], tracks, probs, face, STAGE2, sim)
-        result[u.id] = rows
-    return result
+    def decide(u: Utterance, frame: int) -> tuple[_Face | None, int, float]:
+        face = stage1[u.id].get(frame)
+        if face is not None:
+            return face, Rule.ASD, math.nan
+        if u.speaker in known:
+            return _stage2(faces_at.get(frame, []), u.speaker, known, filled, params)
+        return None, Rule.NONE, math.nan
+    return decide
 
 
 def _check_inputs(dialogue: Dialogue, tracks, scores, embeddings) -> None:
@@ -213,9 +278,9 @@ def _similarity(embedding: np.ndarray, bank: np.ndarray, how: str) -> float:
 
 
 def _stage2(faces: list[_Face], speaker: str, known: dict[str, np.ndarray], filled: list[np.ndarray],
-            params: AssignParams) -> tuple[_Face | None, float]:
+            params: AssignParams) -> tuple[_Face | None, int, float]:
     """The face of ``speaker`` among ``faces`` by embedding similarity (or the single-face rule)."""
-    best: tuple[_Face | None, float] = (None, math.nan)
+    best: tuple[_Face | None, int, float] = (None, Rule.NONE, math.nan)
     scored = []
     for face in faces:
         embedding = filled[face.t][face.j]
@@ -227,14 +292,90 @@ def _stage2(faces: list[_Face], speaker: str, known: dict[str, np.ndarray], fill
                     default=-math.inf)
         scored.append((face, own, rival))
         if own >= params.stage2_min_similarity and own - rival >= params.stage2_margin:
-            if best[0] is None or own > best[1]:
-                best = (face, own)
+            if best[0] is None or own > best[2]:
+                best = (face, Rule.MATCH, own)
     if best[0] is None and params.single_face_rule and len(scored) == 1:
         face, own, rival = scored[0]
         claimed_by_rival = rival >= params.stage2_min_similarity and rival - own >= params.stage2_margin
         if not claimed_by_rival:  # NaN comparisons are False: a face without embedding is not claimed
-            best = (face, own)
+            best = (face, Rule.SINGLE_FACE, own)
     return best
+
+
+def _authors_rules(dialogue: Dialogue, tracks: Sequence[TrackLike], demo_scores: list[np.ndarray],
+                   filled: list[np.ndarray], frames: dict[str, np.ndarray], faces_at: dict[int, list[_Face]],
+                   params: AssignParams):
+    """The authors' rules as a function (utterance, frame) -> (face or None, rule, similarity)."""
+    stage1: dict[str, dict[int, _Face]] = defaultdict(dict)   # speaker -> frame -> face, whole dialogue
+    for u in dialogue.utterances:
+        for frame in frames[u.id]:
+            face = _authors_stage1(faces_at.get(int(frame), []), tracks, demo_scores, params.authors_min_score)
+            if face is not None:
+                stage1[u.speaker][int(frame)] = face
+    stage1 = {s: faces for s, faces in stage1.items() if len(faces) >= params.min_stage1_faces}
+    banks = {s: _authors_bank(faces, filled) for s, faces in stage1.items()}
+    # case 2.1's evidence per utterance: (face index in its frame, embedding) of the speaker's stage-1 faces
+    indexed = {u.id: [(faces_at[int(f)].index(stage1[u.speaker][int(f)]), stage1[u.speaker][int(f)])
+                      for f in frames[u.id] if int(f) in stage1.get(u.speaker, {})] for u in dialogue.utterances}
+
+    def embedding(face: _Face) -> np.ndarray:
+        return filled[face.t][face.j]
+
+    def decide(u: Utterance, frame: int) -> tuple[_Face | None, int, float]:
+        faces = faces_at.get(frame, [])
+        own = stage1.get(u.speaker, {})
+        if not faces:
+            return None, Rule.NONE, math.nan
+        if len(faces) == 1:                                          # case 1
+            return faces[0], Rule.SINGLE_FACE, math.nan
+        if frame in own:                                             # case 2.0
+            return own[frame], Rule.ASD, math.nan
+        by_index: dict[int, list[np.ndarray]] = defaultdict(list)   # case 2.1
+        for k, face in indexed[u.id]:
+            if k < len(faces):
+                by_index[k].append(embedding(face))
+        if len(by_index) == 1:
+            (k, rows), = by_index.items()
+            sim = float(np.mean(np.stack(rows) @ embedding(faces[k])))
+            if sim > params.same_utterance_min_similarity:
+                return faces[k], Rule.SAME_UTTERANCE, sim
+            return faces[1 - k] if k < 2 else faces[0], Rule.SAME_UTTERANCE, sim
+        def similarities(bank: np.ndarray) -> np.ndarray:
+            return np.array([float(embedding(f) @ bank) for f in faces])
+        if u.speaker in banks:                                       # case 2.2
+            sims = similarities(banks[u.speaker])
+            i = int(np.argmax(np.nan_to_num(sims, nan=-np.inf)))
+            return faces[i], Rule.MOST_SIMILAR, float(sims[i])
+        others = [bank for s, bank in banks.items() if s != u.speaker]
+        if others:                                                   # case 2.3
+            sims = np.max([similarities(bank) for bank in others], axis=0)
+            i = int(np.argmin(np.nan_to_num(sims, nan=np.inf)))
+            return faces[i], Rule.LEAST_LIKE_OTHER, float(sims[i])
+        rng = np.random.default_rng([params.seed, zlib.crc32(u.id.encode("utf-8")), frame])   # case 2.4
+        return faces[int(rng.integers(len(faces)))], Rule.RANDOM, math.nan
+    return decide
+
+
+def _authors_stage1(faces: list[_Face], tracks: Sequence[TrackLike], demo_scores: list[np.ndarray],
+                    min_score: float) -> _Face | None:
+    """The face of the frame the ASD demo scores above ``min_score``, where the detector saw it."""
+    def seen(face: _Face) -> bool:
+        detected = getattr(tracks[face.t], "detected", None)
+        return True if detected is None else bool(detected[face.j])
+    speaking = [f for f in faces if demo_scores[f.t][f.j] > min_score and seen(f)]
+    return max(speaking, key=lambda f: demo_scores[f.t][f.j]) if speaking else None
+
+
+def _authors_bank(faces: dict[int, _Face], filled: list[np.ndarray]) -> np.ndarray:
+    """Mean of the authors' evenly spaced subset of a speaker's stage-1 face embeddings.
+
+    A mean similarity to the subset is the dot product with this mean (rows are unit vectors)."""
+    chosen = [faces[f] for f in sorted(faces)]
+    n = len(chosen)
+    keep = n // 3 if n > 300 else n // 2 if n > 100 else n
+    rows = np.stack([filled[chosen[i].t][chosen[i].j] for i in np.linspace(0, n - 1, keep, dtype=int)])
+    rows = rows[~np.isnan(rows).any(axis=1)]
+    return rows.mean(axis=0) if len(rows) else np.full(rows.shape[1], np.nan, np.float32)
 
 
 def _fill_row(row: np.ndarray, tracks: Sequence[TrackLike], probs: list[np.ndarray], face: _Face,

@@ -105,9 +105,10 @@ class TrackCrops:
     """
 
     def __init__(self, tracks: Sequence[Track], embed_every: int = 5, cs: float = CROP_SCALE,
-                 embed_size: int = EMBED_FACE_SIZE, embed_margin: float = EMBED_MARGIN):
+                 embed_size: int = EMBED_FACE_SIZE, embed_margin: float = EMBED_MARGIN, embed_box=None):
         self.tracks = list(tracks)
         self.cs, self.embed_size, self.embed_margin = cs, embed_size, embed_margin
+        self.embed_box = embed_box or (lambda box: box)   # the part of a face box the embedder reads
         self._smooth = [smooth_boxes(t.boxes) for t in self.tracks]
         self.asd = [np.zeros((len(t), ASD_FACE_SIZE, ASD_FACE_SIZE), np.uint8) for t in self.tracks]
         self.face_positions = [embed_positions(len(t), embed_every) for t in self.tracks]
@@ -127,7 +128,8 @@ class TrackCrops:
                 self._done[i][k] = True
                 j = np.searchsorted(self.face_positions[i], k)
                 if j < len(self.face_positions[i]) and self.face_positions[i][j] == k:
-                    self.faces[i][j] = _face_crop(image, track.boxes[k], self.embed_size, self.embed_margin)
+                    self.faces[i][j] = _face_crop(image, self.embed_box(track.boxes[k]), self.embed_size,
+                                                  self.embed_margin)
 
     def check_complete(self) -> None:
         for track, done in zip(self.tracks, self._done):

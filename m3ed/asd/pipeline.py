@@ -8,8 +8,8 @@ Per dialogue, in named steps:
     pass 2   stream the frames again: ASD crops (112x112 gray) and embedding crops (160x160 RGB,
              every ``embed_every``-th frame of each track)        (m3ed.asd.crop)
     score    TalkNet / Light-ASD speaking probability per track frame (m3ed.asd.score)
-    embed    InceptionResnetV1 identity embeddings of the embedding crops (m3ed.asd.embed)
-    assign   the two-stage speaker assignment                     (m3ed.asd.assign)
+    embed    identity embeddings of the embedding crops: SENet-50 or InceptionResnetV1 (m3ed.asd.embed)
+    assign   the two-stage speaker assignment, authors' or strict rules (m3ed.asd.assign)
 
 Output: feature set ``speaker_faces``, per utterance float32 ``[T_utt_frames, 9]`` with columns
 :data:`m3ed.asd.assign.COLUMNS` (boxes in the video's native pixels). Besides, the stage writes
@@ -33,11 +33,11 @@ from ..corpus import Dialogue
 from ..media import MediaError
 from ..pipelines.stage import DialogueResult, RunContext, Stage, failed_dialogue
 from ..store import Failure, atomic_write_text
-from .assign import COLUMNS, AssignParams, assign_speakers
+from .assign import COLUMNS, RULE_NAMES, RULES, AssignParams, assign_speakers
 from .crop import TrackCrops
 from .detect import DetectionParams, Detections, FaceDetector
-from .embed import EMBED_DIM, FaceEmbedder
-from .score import ASD_MODELS, CHECKPOINT_URLS, ScoreParams, build_scorer, dialogue_mfcc, score_tracks
+from .embed import EMBEDDERS, FaceEmbedder
+from .score import ASD_MODELS, ScoreParams, build_scorer, checkpoint_provenance, dialogue_mfcc, track_scores
 from .shots import ShotDetector, ShotParams
 from .track import Track, TrackingParams, track_faces
 
@@ -61,6 +61,8 @@ class AsdConfig:
     scoring: ScoreParams = ScoreParams()
     assign: AssignParams = AssignParams()
     embed_every: int = 5   # embed every 5th frame of a track (5 per second); assignment fills the rest
+    embedder: str = "auto"             # see m3ed.asd.embed.EMBEDDERS
+    embedder_checkpoint: str | None = None
     fps: float = FPS
 
     def __post_init__(self):
@@ -81,6 +83,7 @@ class DialogueFaces:
     shots: np.ndarray
     tracks: list[Track]
     scores: list[np.ndarray] = field(default_factory=list)
+    demo_scores: list[np.ndarray] = field(default_factory=list)   # the ASD demo's rounded class-1 score
 
     def to_json(self) -> str:
         return json.dumps({
@@ -113,17 +116,19 @@ class AsdPipeline:
         self.device = torch.device(device)
         self.detector = FaceDetector(config.detection, self.device)
         self.scorer = build_scorer(profile, self.device, config.model, config.checkpoint)
-        self.embedder = FaceEmbedder(profile, str(self.device))
+        self.embedder = FaceEmbedder(profile, str(self.device), model=config.embedder,
+                                     checkpoint=config.embedder_checkpoint,
+                                     authors_cast=config.assign.rules == "authors")
 
     def run(self, dialogue: Dialogue, media) -> tuple[DialogueFaces, dict[str, np.ndarray]]:
         span = media.locate(dialogue)
         audio = media.audio(span)
         faces = self.find_faces(dialogue.id, media.frames(span, fps=self.config.fps, chunk=CHUNK_FRAMES))
         crops = self.crop(faces.tracks, media.frames(span, fps=self.config.fps, chunk=CHUNK_FRAMES))
-        faces.scores = self.score(faces.tracks, crops, audio)
+        faces.scores, faces.demo_scores = self.score(faces.tracks, crops, audio)
         embeddings = self.embed(faces.tracks, crops)
         speaker_faces = assign_speakers(dialogue, faces.tracks, faces.scores, embeddings, self.config.fps,
-                                        self.config.assign)
+                                        self.config.assign, stage1_scores=faces.demo_scores)
         return faces, speaker_faces
 
     def find_faces(self, dialogue_id: str, chunks) -> DialogueFaces:
@@ -140,7 +145,8 @@ class AsdPipeline:
 
     def crop(self, tracks: list[Track], chunks) -> TrackCrops:
         """Pass 2: ASD crops and embedding crops of every track."""
-        crops = TrackCrops(tracks, self.config.embed_every)
+        crops = TrackCrops(tracks, self.config.embed_every, embed_size=self.embedder.input_size,
+                           embed_box=self.embedder.crop_box)
         last = max((t.last for t in tracks), default=-1)
         if last >= 0:
             for chunk in chunks:
@@ -152,14 +158,15 @@ class AsdPipeline:
         crops.check_complete()
         return crops
 
-    def score(self, tracks: list[Track], crops: TrackCrops, audio: np.ndarray) -> list[np.ndarray]:
+    def score(self, tracks: list[Track], crops: TrackCrops, audio: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per track: speaking probabilities and the demo's scores (see :func:`m3ed.asd.score.track_scores`)."""
         if not tracks:
-            return []
-        return score_tracks(self.scorer, dialogue_mfcc(audio), tracks, crops.asd, self.config.scoring)
+            return [], []
+        return track_scores(self.scorer, dialogue_mfcc(audio), tracks, crops.asd, self.config.scoring)
 
     def embed(self, tracks: list[Track], crops: TrackCrops) -> list[np.ndarray]:
-        """Per track ``[len, 512]``: embeddings at the embedded positions, NaN elsewhere."""
-        out = [np.full((len(t), EMBED_DIM), np.nan, np.float32) for t in tracks]
+        """Per track ``[len, dim]``: embeddings at the embedded positions, NaN elsewhere."""
+        out = [np.full((len(t), self.embedder.dim), np.nan, np.float32) for t in tracks]
         if not tracks:
             return out
         vectors = self.embedder.embed(np.concatenate(crops.faces))
@@ -182,6 +189,9 @@ class AsdStage(Stage):
         self.profile = profile
         self.out_dir = Path(out_dir) if out_dir else None
         self.pipeline = AsdPipeline(config, profile, device)
+        embedder = self.pipeline.embedder   # recorded now: close() releases the models
+        self.embedder_provenance = {"face_embedder": embedder.name, "face_embedder_weights": embedder.source,
+                                    "face_embedder_authors_cast": embedder.authors_cast}
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -189,8 +199,9 @@ class AsdStage(Stage):
         g.add_argument("--asd-model", choices=ASD_MODELS, default=None,
                        help="ASD scorer (default: the profile's, talknet)")
         g.add_argument("--asd-checkpoint", metavar="PATH", default=None,
-                       help="ASD checkpoint file or URL (default: the model's released checkpoint for the "
-                            "paper profile, random weights for paper-random/tiny)")
+                       help="ASD checkpoint file or URL (default: light-asd uses the checkpoint shipped in the "
+                            "package in every profile; talknet its released checkpoint for the paper profile, "
+                            "random weights for paper-random/tiny)")
         g.add_argument("--detect-every", type=int, default=DetectionParams.every, metavar="K",
                        help="run the face detector on every K-th frame; tracks interpolate between")
         g.add_argument("--detect-height", type=int, default=DetectionParams.height, metavar="H",
@@ -198,7 +209,17 @@ class AsdStage(Stage):
         g.add_argument("--asd-mode", choices=("single", "multi"), default=ScoreParams.mode,
                        help="single: one pass per track; multi: the reference's average over 1-6 s chunks (6x cost)")
         g.add_argument("--embed-every", type=int, default=AsdConfig.embed_every, metavar="K",
-                       help="embed (InceptionResnetV1) every K-th frame of each face track for speaker matching")
+                       help="embed every K-th frame of each face track for speaker matching (the authors: 1)")
+        g.add_argument("--face-embedder", choices=EMBEDDERS, default=AsdConfig.embedder,
+                       help="identity embeddings for stage 2: senet50-vggface2 (the authors'), inception-resnet-v1 "
+                            "(facenet-pytorch), auto: SENet-50 when its weights are there, else InceptionResnetV1")
+        g.add_argument("--face-embedder-checkpoint", metavar="FILE", default=None,
+                       help="SENet-50 weights, VGGFace2-pytorch's senet50_scratch_weight.pkl "
+                            "(default: $TORCH_HOME/checkpoints/senet50_scratch_weight.pkl)")
+        g.add_argument("--assign-rules", choices=RULES, default=AssignParams.rules,
+                       help="authors: their extract_spk_faces.py (every frame with a face gets one; SENet-50 "
+                            "input with their uint8 cast); strict: ours, decide only on ASD probability >= 0.9 "
+                            "or a clear embedding match, else leave the frame undecided")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, context: RunContext) -> "AsdStage":
@@ -209,6 +230,9 @@ class AsdStage(Stage):
             detection=DetectionParams(every=getattr(args, "detect_every", 1), height=height or None),
             scoring=ScoreParams(mode=getattr(args, "asd_mode", ScoreParams.mode)),
             embed_every=getattr(args, "embed_every", AsdConfig.embed_every),
+            embedder=getattr(args, "face_embedder", AsdConfig.embedder),
+            embedder_checkpoint=getattr(args, "face_embedder_checkpoint", None),
+            assign=AssignParams(rules=getattr(args, "assign_rules", AssignParams.rules)),
             fps=context.media.timing.fps,
         )
         if config.fps != FPS:
@@ -217,16 +241,16 @@ class AsdStage(Stage):
 
     def provenance(self) -> dict:
         c = self.config
-        weights = c.checkpoint or (None if self.profile.random_init else CHECKPOINT_URLS[c.model])
-        return {"detector": "facenet-pytorch-mtcnn", "asd_model": c.model, "asd_checkpoint": weights,
-                "asd_random_seed": self.profile.seed if weights is None else None,
-                "face_embedder": self.profile.face_embedder or f"random(seed={self.profile.seed})",
+        return {"detector": "facenet-pytorch-mtcnn", "asd_model": c.model,
+                **checkpoint_provenance(self.profile, c.model, c.checkpoint),
+                **self.embedder_provenance,
                 "detection": asdict(c.detection), "shots": asdict(c.shots), "tracking": asdict(c.tracking),
                 "scoring": asdict(c.scoring), "assign": asdict(c.assign), "embed_every": c.embed_every, "fps": c.fps}
 
     def attrs(self, feature_set: str) -> dict:
         return {"columns": list(COLUMNS), "frame_rate": self.config.fps, "box_units": "native video pixels",
-                "asd_model": self.config.model}
+                "asd_model": self.config.model, "assign_rules": self.config.assign.rules,
+                "stage_codes": ", ".join(f"{code} {name}" for code, name in RULE_NAMES.items())}
 
     def process(self, dialogues: list[Dialogue], context: RunContext) -> Iterator[DialogueResult]:
         for dialogue in dialogues:

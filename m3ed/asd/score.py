@@ -33,6 +33,7 @@ import torch
 
 from ..models.talknet import MFCC_FRAMES_PER_VIDEO_FRAME, AudioVisualASD
 from ..profiles import Profile, fetch_checkpoint
+from ..weights import LIGHT_ASD_FILE, LIGHT_ASD_SHA256, light_asd_checkpoint, sha256_of
 from .mfcc import audio_for_asd, mfcc
 from .track import Track
 
@@ -74,15 +75,17 @@ def build_scorer(profile: Profile, device: str | torch.device = "cpu", model: st
                  checkpoint: str | None = None) -> AudioVisualASD:
     """The profile's ASD model in eval mode on ``device``.
 
-    ``paper``: the released checkpoint (``checkpoint`` or ``profile.asd_checkpoint`` overrides
-    it: a local file or URL), downloaded once into ``TORCH_HOME``. ``paper-random``/``tiny``:
-    the same architecture with random weights from ``profile.seed`` (the ASD models are small
-    enough to keep full size in ``tiny``: TalkNet 15.7 M parameters, Light-ASD 1.0 M), unless a
-    checkpoint is given explicitly.
+    ``checkpoint`` (or ``profile.asd_checkpoint``), a local file or URL, overrides the defaults:
+    Light-ASD loads the checkpoint shipped in :mod:`m3ed.weights` in every profile (real weights,
+    no download). TalkNet: ``paper`` downloads the released checkpoint once into ``TORCH_HOME``;
+    ``paper-random``/``tiny`` build it with random weights from ``profile.seed`` (full size in
+    ``tiny`` too: 15.7 M parameters).
     """
     name = model or profile.asd_model
     cls = model_class(name)
     checkpoint = checkpoint or profile.asd_checkpoint
+    if checkpoint is None and name == "light-asd":
+        return cls.from_checkpoint(light_asd_checkpoint(), device)
     if checkpoint is None and profile.random_init:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(profile.seed)
@@ -91,6 +94,24 @@ def build_scorer(profile: Profile, device: str | torch.device = "cpu", model: st
     source = checkpoint or CHECKPOINT_URLS[name]
     path = fetch_checkpoint(source, f"{name} ASD checkpoint", "--asd-checkpoint")
     return cls.from_checkpoint(path, device)
+
+
+def checkpoint_provenance(profile: Profile, model: str | None = None, checkpoint: str | None = None) -> dict:
+    """Which weights :func:`build_scorer` loads, for the stage provenance: the checkpoint (the
+    shipped one by its package-relative name, so that the hash does not depend on where the
+    package is installed), its sha256 when the file is here, or the seed of random weights."""
+    name = model or profile.asd_model
+    checkpoint = checkpoint or profile.asd_checkpoint
+    if checkpoint is None and name == "light-asd":
+        return {"asd_checkpoint": f"m3ed/weights/{LIGHT_ASD_FILE}", "asd_checkpoint_sha256": LIGHT_ASD_SHA256}
+    if checkpoint is None and profile.random_init:
+        return {"asd_checkpoint": None, "asd_random_seed": profile.seed}
+    source = checkpoint or CHECKPOINT_URLS[name]
+    try:
+        path = fetch_checkpoint(source, f"{name} ASD checkpoint", "--asd-checkpoint")
+    except RuntimeError:  # not fetchable here: build_scorer reports it; the provenance just has no digest
+        path = None
+    return {"asd_checkpoint": source, "asd_checkpoint_sha256": sha256_of(path) if path else None}
 
 
 def dialogue_mfcc(audio: np.ndarray, sample_rate: int = 16000) -> torch.Tensor:
@@ -103,10 +124,19 @@ def dialogue_mfcc(audio: np.ndarray, sample_rate: int = 16000) -> torch.Tensor:
 def score_tracks(model: AudioVisualASD, features: torch.Tensor, tracks: Sequence[Track],
                  crops: Sequence[np.ndarray], params: ScoreParams = ScoreParams()) -> list[np.ndarray]:
     """Speaking probability per frame of every track (float32 ``[len(track)]``, NaN past the audio)."""
+    return track_scores(model, features, tracks, crops, params)[0]
+
+
+def track_scores(model: AudioVisualASD, features: torch.Tensor, tracks: Sequence[Track],
+                 crops: Sequence[np.ndarray], params: ScoreParams = ScoreParams()) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per track, float32 ``[len(track)]`` (NaN past the audio): the speaking probability, and the
+    demo's score, its class-1 output averaged over the passes and rounded to 0.1 (what the M3ED
+    authors' stage 1 thresholds at 0)."""
     per = MFCC_FRAMES_PER_VIDEO_FRAME
     durations = MULTI_DURATIONS if params.mode == "multi" else (None,)
     # (track, first frame within the track, frame count) of every chunk, by duration
     sums = [np.zeros(len(t), np.float64) for t in tracks]
+    speaking = [np.zeros(len(t), np.float64) for t in tracks]
     counts = [np.zeros(len(t), np.int64) for t in tracks]
     pieces: dict[int, list[tuple[int, int]]] = defaultdict(list)   # length -> (track, offset)
     for i, track in enumerate(tracks):
@@ -126,8 +156,18 @@ def score_tracks(model: AudioVisualASD, features: torch.Tensor, tracks: Sequence
                 logits = model.logits(audio, video).float().cpu().numpy()
                 for (i, o), row in zip(batch, logits):
                     sums[i][o:o + len(row)] += row[:, 1] - row[:, 0]
+                    speaking[i][o:o + len(row)] += row[:, 1]
                     counts[i][o:o + len(row)] += 1
-    return [_probability(s, c) for s, c in zip(sums, counts)]
+    return ([_probability(s, c) for s, c in zip(sums, counts)],
+            [_demo_score(s, c) for s, c in zip(speaking, counts)])
+
+
+def _demo_score(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The demo's ``numpy.round(mean(scores), 1)`` (round half to even), NaN where no pass reached."""
+    out = np.full(len(sums), np.nan, np.float32)
+    seen = counts > 0
+    out[seen] = np.round(sums[seen] / counts[seen], 1)
+    return out
 
 
 def _probability(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -4,13 +4,16 @@ Feature sets (DESIGN §4):
 
 - ``wav2vec2_frame`` ``[T_50Hz, 1024]``: the encoder's last hidden state (loaded as ``Wav2Vec2Model``,
   so the CTC head of the checkpoint is never computed);
-- ``wav2vec2_mean`` ``[1024]``: the mean of the frames of the first ``--audio-mean-max-seconds``
-  (default 10 s, as the authors' ``sen_avg_wav2vec``; 0 = the whole utterance). The frames come
-  from the whole utterance, so they match ``wav2vec2_frame``;
+- ``wav2vec2_mean`` ``[1024]``: the mean over the first ``--audio-mean-max-seconds`` (default 10 s,
+  as the authors' ``sen_avg_wav2vec``; 0 = the whole utterance). ``--audio-mean-clip before`` (the
+  default, the authors' ``read_audio``) clips the waveform to 10 s and encodes the clip on its own;
+  ``after`` averages the first 10 s of the frames of the whole utterance, so that the mean matches
+  ``wav2vec2_frame``. Both agree on utterances up to 10 s;
 - ``wav2vec2_ft_last`` ``[1024]``: the last time step of a fine-tuned encoder (``--audio-finetuned
-  DIR``, written by ``m3ed finetune audio``). ``--audio-ft-seconds 4`` reproduces the authors, who
-  zero-padded or clipped every utterance to 4 s first (the last step then often sees only padding);
-  by default the last step of the whole utterance is used.
+  DIR``, written by ``m3ed finetune audio``) on the input :class:`InputRule` describes: the whole
+  utterance normalised, then zero-padded or clipped to 4 s (the authors' ``chmed_wav2vec_dataset``;
+  the last step then often sees only padding). The checkpoint records the rule it was trained with
+  and extraction uses it; ``--audio-ft-seconds`` that contradicts it is an error.
 
 Each dialogue's audio is decoded once (a background thread decodes the next dialogues while the
 model runs) and sliced into utterances. Preprocessing is the checkpoint's own feature extractor.
@@ -30,8 +33,11 @@ models) or whose checkpoint says not to use attention masks are batched only wit
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -46,8 +52,77 @@ from .batching import BatchBudget, plan_batches, restore_order
 from .hf_models import ModelSpec, autocast, load_audio, model_spec
 from .text import _fingerprint
 
+log = logging.getLogger(__name__)
+
 FRAME, MEAN, FT_LAST = "wav2vec2_frame", "wav2vec2_mean", "wav2vec2_ft_last"
 NO_AUDIO = "no audio: the utterance span holds no samples of the decoded dialogue"
+MEAN_CLIPS = ("before", "after")
+FINETUNE_RECORD = "finetune.json"   # written by `m3ed finetune`; its "input" entry is the InputRule
+
+
+def normalise(features, wave: np.ndarray) -> np.ndarray:
+    """One whole waveform through the checkpoint's own feature extractor (zero mean and unit variance
+    when its config says ``do_normalize``), as the authors' processor call before padding."""
+    return np.asarray(features(wave, sampling_rate=SAMPLE_RATE)["input_values"][0], np.float32)
+
+
+@dataclass(frozen=True)
+class InputRule:
+    """How an utterance becomes the fine-tuned model's input, in training and in extraction alike.
+
+    The whole utterance is normalised first (:func:`normalise`); then, with ``seconds`` > 0, it is
+    zero-padded or clipped to exactly that length (the authors: 4 s); with ``seconds`` = 0 it is
+    clipped to ``max_seconds`` (0: no limit) and never padded.
+    """
+
+    seconds: float = 4.0
+    max_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.seconds < 0 or self.max_seconds < 0:
+            raise ValueError(f"audio input rule {self}: lengths must be >= 0 seconds")
+
+    def apply(self, normalised: np.ndarray) -> np.ndarray:
+        limit = self.seconds or self.max_seconds
+        wave = normalised[: int(round(limit * SAMPLE_RATE))] if limit else normalised
+        if self.seconds:
+            wave = np.pad(wave, (0, int(round(self.seconds * SAMPLE_RATE)) - len(wave)))
+        return wave
+
+    def describe(self) -> str:
+        if self.seconds:
+            return f"normalised, then zero-padded or clipped to {self.seconds:g} s"
+        return f"normalised, then clipped to {self.max_seconds:g} s" if self.max_seconds else "normalised, whole utterance"
+
+    @classmethod
+    def of_checkpoint(cls, directory: str | Path) -> "InputRule | None":
+        """The rule a `m3ed finetune audio` checkpoint was trained with; None when it does not say."""
+        path = Path(directory) / FINETUNE_RECORD
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("input"):
+            return cls(**record["input"])
+        if "max_seconds" in record.get("config", {}):  # written before the rule was recorded
+            log.warning("%s: a checkpoint from before input rules were recorded; it was trained on clips of up to "
+                        "%s s, so wav2vec2_ft_last uses the same (fine-tune again for the authors' 4 s rule)",
+                        path, record["config"]["max_seconds"])
+            return cls(0.0, float(record["config"]["max_seconds"]))
+        return None
+
+
+def resolve_input_rule(finetuned: str, seconds: float | None) -> InputRule:
+    """The checkpoint's own rule; ``--audio-ft-seconds`` may only confirm it. A checkpoint that does not
+    record one (made elsewhere) gets ``seconds``, else the authors' 4 s."""
+    stored = InputRule.of_checkpoint(finetuned)
+    if stored is None:
+        return InputRule() if seconds is None else InputRule(seconds)
+    if seconds is not None and seconds != stored.seconds:
+        raise ValueError(f"--audio-ft-seconds {seconds:g}: the checkpoint {finetuned} was trained on input "
+                         f"{stored.describe()} ({FINETUNE_RECORD}), and its last step means something else on "
+                         f"other input; omit --audio-ft-seconds to use the checkpoint's rule, or fine-tune "
+                         f"with --audio-ft-seconds {seconds:g}")
+    return stored
 
 
 @dataclass(frozen=True)
@@ -123,19 +198,28 @@ class AudioEncoder:
                 return pieces
             k += 1
 
-    def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
-        """``[T, D]`` float32 frames per waveform (mono float32 at 16 kHz)."""
+    def normalise(self, wave: np.ndarray) -> np.ndarray:
+        return normalise(self.features, wave)
+
+    def encode(self, waves: list[np.ndarray], normalised: bool = False) -> list[np.ndarray]:
+        """``[T, D]`` float32 frames per waveform (mono float32 at 16 kHz); ``normalised``: the waves
+        went through :meth:`normalise` already and are only padded."""
         pieces = [p for i, wave in enumerate(waves) for p in self.pieces(i, wave)]
         batches = plan_batches([len(p.samples) for p in pieces], self.budget)
-        outputs = restore_order(batches, [self._forward([pieces[i] for i in batch]) for batch in batches])
+        outputs = restore_order(batches, [self._forward([pieces[i] for i in batch], normalised) for batch in batches])
         frames: list[list[np.ndarray]] = [[] for _ in waves]
         for piece, out in zip(pieces, outputs):
             frames[piece.owner].append(out[piece.keep_from: piece.keep_to])
         return [np.concatenate(parts) for parts in frames]
 
-    def _forward(self, batch: list[Piece]) -> list[np.ndarray]:
-        inputs = self.features([p.samples for p in batch], sampling_rate=SAMPLE_RATE, padding=True,
-                               return_attention_mask=self.use_mask, return_tensors="pt")
+    def _forward(self, batch: list[Piece], normalised: bool = False) -> list[np.ndarray]:
+        samples = [p.samples for p in batch]
+        if normalised:
+            inputs = self.features.pad({"input_values": samples}, padding=True,
+                                       return_attention_mask=self.use_mask, return_tensors="pt")
+        else:
+            inputs = self.features(samples, sampling_rate=SAMPLE_RATE, padding=True,
+                                   return_attention_mask=self.use_mask, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         with torch.inference_mode(), autocast(self.device, self.precision):
             hidden = self.model(**inputs).last_hidden_state.float().cpu().numpy()
@@ -150,16 +234,21 @@ class AudioConfig:
     model: ModelSpec
     finetuned: str | None = None
     mean_max_seconds: float = 10.0       # the authors' sen_avg_wav2vec averaged the first 10 s
-    ft_seconds: float | None = None      # the authors' 4 s pad/clip before the fine-tuned last step
+    mean_clip: str = "before"            # clip the waveform before encoding (the authors) or the frames after
+    ft_seconds: float | None = None      # None: the fine-tuned checkpoint's own input rule (InputRule)
     chunk_seconds: float = 30.0
     overlap_seconds: float = 2.0
     batch_seconds: float = 60.0          # padded audio per batch
     batch_items: int = 16
     wave_seconds: float = 120.0          # decoded audio gathered before a round of batches
 
+    def __post_init__(self) -> None:
+        if self.mean_clip not in MEAN_CLIPS:
+            raise ValueError(f"--audio-mean-clip {self.mean_clip!r}: choose before or after")
+
     def provenance(self) -> dict:
         return {**self.model.provenance(), "finetuned": _fingerprint(self.finetuned),
-                "mean_max_seconds": self.mean_max_seconds, "ft_seconds": self.ft_seconds,
+                "mean_max_seconds": self.mean_max_seconds, "mean_clip": self.mean_clip, "ft_seconds": self.ft_seconds,
                 "chunk_seconds": self.chunk_seconds, "overlap_seconds": self.overlap_seconds}
 
 
@@ -193,8 +282,10 @@ class AudioStage(Stage):
 
     def __init__(self, config: AudioConfig, device: str = "cpu", precision: str = "fp32"):
         self.config, self.device, self.precision = config, device, precision
+        self.ft_rule: InputRule | None = None
         if config.finetuned:
             self.feature_sets = (FRAME, MEAN, FT_LAST)
+            self.ft_rule = resolve_input_rule(config.finetuned, config.ft_seconds)
         self._encoders: dict[str, AudioEncoder] = {}
         self._decoder: ThreadPoolExecutor | None = None
 
@@ -206,11 +297,15 @@ class AudioStage(Stage):
         group.add_argument("--audio-finetuned", metavar="DIR",
                            help="checkpoint of `m3ed finetune audio`; adds the wav2vec2_ft_last feature set")
         group.add_argument("--audio-mean-max-seconds", type=float, default=10.0, metavar="S",
-                           help="wav2vec2_mean averages the frames of the first S seconds, as the authors "
+                           help="wav2vec2_mean averages the first S seconds, as the authors "
                                 "(default: %(default)s; 0: the whole utterance)")
+        group.add_argument("--audio-mean-clip", choices=MEAN_CLIPS, default="before",
+                           help="before: clip the waveform to S seconds and encode the clip (the authors); after: "
+                                "average the first S seconds of the whole utterance's frames (default: %(default)s)")
         group.add_argument("--audio-ft-seconds", type=float, metavar="S",
-                           help="zero-pad or clip utterances to S seconds before the fine-tuned model's last "
-                                "step (the authors used 4; default: the whole utterance)")
+                           help="the fine-tuned model's input: the utterance normalised, then zero-padded or clipped "
+                                "to S seconds (0: the whole utterance). Default: the rule the checkpoint was trained "
+                                "with (m3ed finetune audio records it), else 4, the authors'")
         group.add_argument("--audio-chunk-seconds", type=float, default=30.0, metavar="S",
                            help="longer utterances are encoded in overlapping windows of S seconds (default: %(default)s)")
         group.add_argument("--audio-batch-seconds", type=float, default=60.0, metavar="S",
@@ -223,6 +318,7 @@ class AudioStage(Stage):
             model=model_spec(context.profile, "audio", getattr(args, "audio_model", None)),
             finetuned=getattr(args, "audio_finetuned", None),
             mean_max_seconds=_option(args, "audio_mean_max_seconds", defaults.mean_max_seconds),
+            mean_clip=_option(args, "audio_mean_clip", defaults.mean_clip),
             ft_seconds=_option(args, "audio_ft_seconds", None),
             chunk_seconds=_option(args, "audio_chunk_seconds", defaults.chunk_seconds),
             batch_seconds=_option(args, "audio_batch_seconds", defaults.batch_seconds),
@@ -230,15 +326,16 @@ class AudioStage(Stage):
         return cls(config, context.device, context.precision)
 
     def provenance(self) -> dict:
-        return {"stage": self.name, **self.config.provenance()}
+        rule = asdict(self.ft_rule) if self.ft_rule else None
+        return {"stage": self.name, **self.config.provenance(), "ft_input": rule}
 
     def attrs(self, feature_set: str) -> dict:
         spec = self.config.model
         common = {"sample_rate": SAMPLE_RATE, "frame_rate": SAMPLE_RATE / 320}
         if feature_set == FT_LAST:
             return {**common, "model": str(self.config.finetuned), "pooling": "last time step",
-                    "ft_seconds": self.config.ft_seconds if self.config.ft_seconds else "whole utterance"}
-        pooling = {FRAME: "none", MEAN: f"mean of the first {self.config.mean_max_seconds} s (0: all)"}[feature_set]
+                    "input": self.ft_rule.describe(), "ft_seconds": self.ft_rule.seconds}
+        pooling = {FRAME: "none", MEAN: self._mean_pooling()}[feature_set]
         return {**common, "model": spec.name, "revision": spec.revision or "", "pooling": pooling,
                 "chunk_seconds": self.config.chunk_seconds, "overlap_seconds": self.config.overlap_seconds}
 
@@ -266,27 +363,43 @@ class AudioStage(Stage):
 
     def _encode_wave(self, wave: list[DecodedDialogue]) -> Iterator[DialogueResult]:
         items = [(d.dialogue.id, uid, a) for d in wave if d.waves for uid, a in d.waves.items() if len(a)]
-        waves = [a for _, _, a in items]
-        frames = dict(zip([uid for _, uid, _ in items], self._encoder("base").encode(waves)))
-        last = dict(zip([uid for _, uid, _ in items], self._fine_tuned_last(waves))) if self.config.finetuned else {}
+        ids, waves = [uid for _, uid, _ in items], [a for _, _, a in items]
+        encoded = self._encoder("base").encode(waves)
+        frames, means = dict(zip(ids, encoded)), dict(zip(ids, self._means(waves, encoded)))
+        last = dict(zip(ids, self._fine_tuned_last(waves))) if self.config.finetuned else {}
         for decoded in wave:
-            yield self._result(decoded, frames, last)
+            yield self._result(decoded, frames, means, last)
 
     def _fine_tuned_last(self, waves: list[np.ndarray]) -> list[np.ndarray]:
-        seconds = self.config.ft_seconds
-        if not seconds:
-            return [f[-1] for f in self._encoder("ft").encode(waves)]
-        n = int(round(seconds * SAMPLE_RATE))
-        # The authors' pad/clip: the zeros are part of the input (equal lengths, so no mask is involved).
-        fixed = [np.pad(a[:n], (0, max(0, n - len(a)))) for a in waves]
-        return [f[-1] for f in self._encoder("ft").encode(fixed)]
+        # The training rule: normalise the whole utterance, then pad/clip; the zeros are part of the input.
+        encoder = self._encoder("ft")
+        inputs = [self.ft_rule.apply(encoder.normalise(a)) for a in waves]
+        return [f[-1] for f in encoder.encode(inputs, normalised=True)]
 
-    def _mean(self, frames: np.ndarray) -> np.ndarray:
+    def _mean_pooling(self) -> str:
         limit = self.config.mean_max_seconds
-        keep = len(frames) if limit <= 0 else max(1, int(round(limit * self._encoder("base").frame_rate)))
-        return frames[:keep].mean(axis=0)
+        if limit <= 0:
+            return "mean of all frames"
+        if self.config.mean_clip == "before":
+            return f"mean of the frames of the waveform clipped to its first {limit:g} s"
+        return f"mean of the whole utterance's frames of its first {limit:g} s"
 
-    def _result(self, decoded: DecodedDialogue, frames: dict, last: dict) -> DialogueResult:
+    def _means(self, waves: list[np.ndarray], frames: list[np.ndarray]) -> list[np.ndarray]:
+        limit = self.config.mean_max_seconds
+        if limit <= 0:
+            return [f.mean(axis=0) for f in frames]
+        if self.config.mean_clip == "after":
+            keep = max(1, int(round(limit * self._encoder("base").frame_rate)))
+            return [f[:keep].mean(axis=0) for f in frames]
+        # "before": only utterances longer than the limit differ from their own frames; encode their clips.
+        n = int(limit * SAMPLE_RATE)
+        means = [f.mean(axis=0) for f in frames]
+        longer = [i for i, a in enumerate(waves) if len(a) > n]
+        for i, clipped in zip(longer, self._encoder("base").encode([waves[i][:n] for i in longer])):
+            means[i] = clipped.mean(axis=0)
+        return means
+
+    def _result(self, decoded: DecodedDialogue, frames: dict, means: dict, last: dict) -> DialogueResult:
         dialogue = decoded.dialogue
         if decoded.error:
             return DialogueResult(dialogue.id, error=decoded.error)
@@ -296,7 +409,7 @@ class AudioStage(Stage):
                 result.failures += [Failure(name, dialogue.id, utterance.id, NO_AUDIO) for name in self.feature_sets]
                 continue
             result.features[FRAME][utterance.id] = frames[utterance.id]
-            result.features[MEAN][utterance.id] = self._mean(frames[utterance.id])
+            result.features[MEAN][utterance.id] = means[utterance.id]
             if self.config.finetuned:
                 result.features[FT_LAST][utterance.id] = last[utterance.id]
         return result

@@ -1,9 +1,12 @@
 """The visual stage: DenseNet FER features of the speaker's face (the paper's V_Frm and V_Utt).
 
 For each utterance it reads the speaker's face box per frame from the ``speaker_faces`` feature set
-(written by the asd stage), decodes the dialogue's frames once, crops each chosen face (a square
-around the box centre, ``crop_scale`` times the box's longer side, zero-padded outside the picture),
-converts it to gray 64x64, normalises it with scalar constants and runs the authors' DenseNet-BC-100:
+(written by the asd stage), decodes the dialogue's frames once, crops each chosen face, converts it
+to gray 64x64, normalises it with scalar constants and runs the authors' DenseNet-BC-100. The crop
+(``--fer-crop``) is by default the authors' (``extract_spk_faces.py`` cut the detector box out of the
+frame, ``extract_visual_ft.py`` stretched it to 64x64): the tight box, its aspect ratio not kept; the
+normalisation constants were computed on such crops. ``square`` is a square around the box centre,
+``--fer-crop-scale`` times the box's longer side, zero-padded outside the picture.
 
 - ``denseface_frame``: ``[T_faces, 342]``, one row per frame with a speaker face, in frame order;
 - ``denseface_mean``: ``[342]``, their mean.
@@ -38,9 +41,10 @@ from ..store import Failure, FeatureReader
 
 FRAME_SET, MEAN_SET = "denseface_frame", "denseface_mean"
 SPEAKER_FACES = "speaker_faces"
-#: Crop side relative to the detector box's longer side: MTCNN boxes are tight, FER+/AffectNet
-#: training faces show a little forehead and chin around them.
+#: ``square`` crops: side relative to the detector box's longer side (MTCNN boxes are tight,
+#: FER+/AffectNet training faces show a little forehead and chin around them).
 DEFAULT_CROP_SCALE = 1.2
+CROPS = ("tight", "square")  # the authors' stretched detector box; our 1.2x square
 _FRAME, _TRACK, _BOX = COLUMNS.index("frame"), COLUMNS.index("track"), slice(2, 6)
 
 
@@ -52,8 +56,13 @@ class FaceConfig:
     seed: int = 0
     mean: float = M3ED_FACE_MEAN       # gray-value normalisation (x - mean) / std; authors' M3ED values
     std: float = M3ED_FACE_STD
-    crop_scale: float = DEFAULT_CROP_SCALE
+    crop: str = "tight"
+    crop_scale: float = DEFAULT_CROP_SCALE  # square crops only
     batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROPS:
+            raise ValueError(f"--fer-crop {self.crop!r}: choose tight (the authors') or square")
 
 
 def sha256_prefix(path: str | Path, n: int = 16) -> str:
@@ -85,8 +94,31 @@ def build_model(config: FaceConfig) -> DenseNetFER:
         return DenseNetFER().eval()
 
 
-def crop_face(frame_rgb: np.ndarray, box: np.ndarray, scale: float = DEFAULT_CROP_SCALE) -> np.ndarray:
-    """Gray uint8 ``[64, 64]``: a square of ``scale`` x the box's longer side around its centre."""
+def crop_face(frame_rgb: np.ndarray, box: np.ndarray, crop: str = "tight",
+              scale: float = DEFAULT_CROP_SCALE) -> np.ndarray:
+    """Gray uint8 ``[64, 64]`` of the face in ``box`` (x1, y1, x2, y2 in the frame's pixels)."""
+    if crop == "tight":
+        return tight_crop(frame_rgb, box)
+    return square_crop(frame_rgb, box, scale)
+
+
+def tight_crop(frame_rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The authors' face: the box's top-left clamped to the picture, every corner truncated to an integer
+    pixel, the rows and columns in between cut out (beyond the picture's right and bottom edges nothing
+    is cut) and resized, aspect ratio not kept, to 64x64 with OpenCV's default bilinear interpolation."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    h, w = frame_rgb.shape[:2]
+    left, top = int(max(x1, 0.0)), int(max(y1, 0.0))
+    right, bottom = min(int(x2), w), min(int(y2), h)
+    if right <= left or bottom <= top:
+        raise ValueError(f"face box {[round(v, 1) for v in (x1, y1, x2, y2)]} holds no pixel of the {w}x{h} frame "
+                         f"(is speaker_faces from another video?)")
+    gray = cv2.cvtColor(np.ascontiguousarray(frame_rgb[top:bottom, left:right]), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(gray, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_LINEAR)
+
+
+def square_crop(frame_rgb: np.ndarray, box: np.ndarray, scale: float = DEFAULT_CROP_SCALE) -> np.ndarray:
+    """A square of ``scale`` x the box's longer side around its centre, zero-padded outside the picture."""
     x1, y1, x2, y2 = (float(v) for v in box)
     side = max(x2 - x1, y2 - y1, 1.0) * scale
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
@@ -126,8 +158,12 @@ class FaceStage(Stage):
                            help=f"gray-value mean for (x - mean) / std (default: the authors' {M3ED_FACE_MEAN})")
         group.add_argument("--fer-std", type=float, default=M3ED_FACE_STD,
                            help=f"gray-value std (default: the authors' {M3ED_FACE_STD})")
+        group.add_argument("--fer-crop", choices=CROPS, default="tight",
+                           help="tight: the detector box stretched to 64x64, as the authors (their normalisation "
+                                "constants come from such crops); square: a square around the box, "
+                                "--fer-crop-scale times its longer side (default: %(default)s)")
         group.add_argument("--fer-crop-scale", type=float, default=DEFAULT_CROP_SCALE,
-                           help=f"face crop side relative to the box's longer side (default {DEFAULT_CROP_SCALE})")
+                           help=f"square crops: side relative to the box's longer side (default {DEFAULT_CROP_SCALE})")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, context: RunContext) -> "FaceStage":
@@ -136,6 +172,7 @@ class FaceStage(Stage):
             seed=context.profile.seed,
             mean=getattr(args, "fer_mean", M3ED_FACE_MEAN),
             std=getattr(args, "fer_std", M3ED_FACE_STD),
+            crop=getattr(args, "fer_crop", None) or "tight",
             crop_scale=getattr(args, "fer_crop_scale", DEFAULT_CROP_SCALE),
         )
         with open_speaker_faces(context) as faces:  # fail now, clearly, when the asd stage has not run
@@ -148,13 +185,15 @@ class FaceStage(Stage):
         return {"model": "densenet-bc-100-fer", "checkpoint": Path(c.checkpoint).name if c.checkpoint else None,
                 "checkpoint_sha256": self._checkpoint_sha,
                 "random_seed": None if c.checkpoint else c.seed, "mean": c.mean, "std": c.std,
-                "crop_scale": c.crop_scale, "fps": self.fps, "speaker_faces": self.speaker_faces_hash,
+                "crop": c.crop, "crop_scale": c.crop_scale if c.crop == "square" else None, "fps": self.fps, "speaker_faces": self.speaker_faces_hash,
                 "precision": self.precision if self.device.type == "cuda" else "fp32"}
 
     def attrs(self, feature_set: str) -> dict:
         attrs = {"model_id": "densenet-bc-100-fer", "checkpoint": self.config.checkpoint or "",
                  "checkpoint_sha256": self._checkpoint_sha or "", "normalisation_mean": self.config.mean,
-                 "normalisation_std": self.config.std, "crop_scale": self.config.crop_scale}
+                 "normalisation_std": self.config.std, "crop": self.config.crop}
+        if self.config.crop == "square":
+            attrs["crop_scale"] = self.config.crop_scale
         if feature_set == FRAME_SET:
             attrs["frame_rate"] = self.fps  # rows are the frames (at this rate) where the speaker's face was found
         return attrs
@@ -201,7 +240,7 @@ class FaceStage(Stage):
         for chunk in context.media.frames(span, fps=self.fps):
             for frame in chunk:
                 for utt_id, box in by_frame.pop(index, []):
-                    crops[utt_id].append(crop_face(frame, box, self.config.crop_scale))
+                    crops[utt_id].append(crop_face(frame, box, self.config.crop, self.config.crop_scale))
                 index += 1
             if not by_frame:
                 break  # every wanted frame is cut; stop decoding early

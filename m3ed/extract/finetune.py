@@ -5,7 +5,10 @@ The checkpoint is what the extractor reads for ``roberta_ft_cls`` / ``wav2vec2_f
 rows in :data:`m3ed.corpus.EMOTIONS` order) and ``finetune.json`` (configuration and metrics).
 
 The classifier reads exactly the feature the extractor writes: the [CLS] state for text, the last
-time step for audio (as the authors' ``finetune_cls_*`` features). Training uses the train split;
+time step for audio (as the authors' ``finetune_cls_*`` features). Audio input follows one
+:class:`~m3ed.extract.audio.InputRule` (default: the whole utterance normalised, then zero-padded or
+clipped to 4 s, as the authors' ``chmed_wav2vec_dataset``); ``finetune.json`` records it and the
+extractor applies the same rule to make ``wav2vec2_ft_last``. Training uses the train split;
 the epoch with the best validation weighted-F1 is kept; val and test weighted-F1 and macro-F1 of
 that epoch are reported (the paper: text 43.50 / 45.73, audio 48.56 / 45.92 weighted-F1 val / test).
 """
@@ -28,9 +31,8 @@ from tqdm import tqdm
 
 from ..corpus import EMOTIONS, Corpus
 from ..locate import MediaSource
-from ..media import SAMPLE_RATE
 from ..profiles import get_profile
-from .audio import decode_dialogue
+from .audio import InputRule, decode_dialogue, normalise
 from .batching import BatchBudget, plan_batches
 from .hf_models import load_audio, load_text, model_spec, save_tokenizer
 
@@ -52,7 +54,8 @@ class FinetuneConfig:
     class_weighted: bool = False       # cross-entropy weighted by inverse class frequency
     device: str = "cpu"
     max_steps: int | None = None       # stop after this many optimizer steps (smoke runs)
-    max_seconds: float = 10.0          # audio: training clips are cut to this length (memory)
+    audio_ft_seconds: float = 4.0      # audio input: zero-pad or clip to this length (the authors' 4 s) ...
+    max_seconds: float = 10.0          # ... or, when that is 0, clip to at most this length (memory)
     seed: int = 0
     progress: bool = True
 
@@ -102,19 +105,24 @@ def text_examples(corpus: Corpus) -> list[Example]:
             if u.label >= 0 and u.text.strip()]
 
 
-def audio_examples(corpus: Corpus, media: MediaSource, max_seconds: float, min_samples: int) -> list[Example]:
-    """Utterance audio, each dialogue decoded once; dialogues whose media fail are named and skipped."""
+def input_rule(config: FinetuneConfig) -> InputRule:
+    return InputRule(config.audio_ft_seconds, 0.0 if config.audio_ft_seconds else config.max_seconds)
+
+
+def audio_examples(corpus: Corpus, media: MediaSource, rule: InputRule, features, min_samples: int) -> list[Example]:
+    """Utterance audio as the model's input (``rule`` applied after the checkpoint's normalisation, as the
+    extractor does); each dialogue decoded once; dialogues whose media fail are named and skipped."""
     examples = []
-    limit = int(max_seconds * SAMPLE_RATE)
     for dialogue in corpus:
         decoded = decode_dialogue(media, dialogue)
         if decoded.error:
             log.warning("finetune: skipping %s", decoded.error)
             continue
         for u in dialogue.utterances:
-            wave = decoded.waves[u.id][:limit]
-            if u.label >= 0 and len(wave):
-                wave = np.pad(wave, (0, max(0, min_samples - len(wave))))
+            raw = decoded.waves[u.id]
+            if u.label >= 0 and len(raw):
+                wave = rule.apply(normalise(features, raw))
+                wave = np.pad(wave, (0, max(0, min_samples - len(wave))))  # one frame at least, as the extractor
                 examples.append(Example(u.id, wave, u.label, len(wave)))
     return examples
 
@@ -141,10 +149,10 @@ class Trainer:
         if self.config.modality == "text":
             encoded = self.processor([e.data for e in batch], padding=True, truncation=True,
                                      max_length=min(512, self.processor.model_max_length), return_tensors="pt")
-        else:
-            encoded = self.processor([e.data for e in batch], sampling_rate=SAMPLE_RATE, padding=True,
-                                     return_attention_mask=getattr(self.processor, "return_attention_mask", False),
-                                     return_tensors="pt")
+        else:  # normalised already (audio_examples): padding only, as the extractor's normalised path
+            encoded = self.processor.pad({"input_values": [e.data for e in batch]}, padding=True,
+                                         return_attention_mask=getattr(self.processor, "return_attention_mask", False),
+                                         return_tensors="pt")
         return {k: v.to(self.config.device) for k, v in encoded.items()}
 
     def logits(self, batch: list[Example]) -> torch.Tensor:
@@ -232,6 +240,8 @@ class Trainer:
                   "labels": list(EMOTIONS), "pooling": "[CLS]" if self.config.modality == "text" else "last time step",
                   "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
                   "best_epoch": best["epoch"], "metrics": {"val": best["val"], "test": best["test"]}, "history": history}
+        if self.config.modality == "audio":
+            record["input"] = asdict(input_rule(self.config))  # the extractor reads it: same input as training
         (tmp / "finetune.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
@@ -271,13 +281,14 @@ def run_finetune(args: argparse.Namespace) -> int:
         modality=modality, out=args.out, profile=args.profile, model=args.model, epochs=args.epochs,
         lr=args.lr or DEFAULTS[modality]["lr"], batch_size=args.batch_size or DEFAULTS[modality]["batch_size"],
         class_weighted=args.class_weighted, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-        max_steps=args.max_steps, max_seconds=args.max_seconds, seed=args.seed, progress=not args.no_progress)
+        max_steps=args.max_steps, audio_ft_seconds=args.audio_ft_seconds, max_seconds=args.max_seconds,
+        seed=args.seed, progress=not args.no_progress)
     started = time.perf_counter()
     trainer = Trainer(config)
     if modality == "text":
         examples = text_examples(corpus)
     else:
-        examples = audio_examples(corpus, media_from_args(args), config.max_seconds,
+        examples = audio_examples(corpus, media_from_args(args), input_rule(config), trainer.processor,
                                   _receptive_field(trainer.model.encoder.config))
     split_of = {u.id: d.split for d in corpus for u in d.utterances}
     splits = {name: Split([e for e in examples if split_of[e.id] == name]) for name in ("train", "val", "test")}
@@ -313,7 +324,12 @@ def add_finetune_parser(subparsers) -> None:
         add_corpus_arguments(p)
         if modality == "audio":
             add_media_arguments(p)
-            p.add_argument("--max-seconds", type=float, default=10.0, help="training clips are cut to this length")
+            p.add_argument("--audio-ft-seconds", type=float, default=4.0,
+                           help="input: each utterance normalised, then zero-padded or clipped to this length (the "
+                                "authors' 4 s); 0: variable length up to --max-seconds. Recorded in finetune.json, "
+                                "and the extractor feeds wav2vec2_ft_last the same input")
+            p.add_argument("--max-seconds", type=float, default=10.0,
+                           help="with --audio-ft-seconds 0: utterances are clipped to this length (memory)")
         p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
         p.add_argument("--profile", choices=sorted(PROFILES), default="paper", help="base encoder weights")
         p.add_argument("--model", help="another base encoder (hub id or directory) than the profile's")
@@ -325,4 +341,4 @@ def add_finetune_parser(subparsers) -> None:
         p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-        p.set_defaults(func=run_finetune, modality=modality, max_seconds=10.0)
+        p.set_defaults(func=run_finetune, modality=modality, max_seconds=10.0, audio_ft_seconds=4.0)

@@ -2,9 +2,11 @@
 
 Feature sets (DESIGN §4):
 
-- ``roberta_frame`` ``[T_tokens, 768]``: the last hidden state (or ``--text-layer N``) of every token
-  except the special ones ([CLS], [SEP]; ``<s>``, ``</s>`` for other tokenizers);
-- ``roberta_mean`` ``[768]``: the mean of ``roberta_frame``;
+- ``roberta_frame`` ``[T_tokens, 768]``: the last hidden state (or ``--text-layer N``) of every token,
+  [CLS] and [SEP] included, as the authors stored it (``extract_text_ft.py``);
+  ``--text-special-tokens drop`` keeps only the sentence's own tokens;
+- ``roberta_mean`` ``[768]``: the mean over the sentence's own tokens, without [CLS]/[SEP] (the
+  authors' ``ft[1:-1]``), whichever ``--text-special-tokens`` says;
 - ``roberta_ft_cls`` ``[768]``: the [CLS] state of a fine-tuned checkpoint (``--text-finetuned DIR``,
   written by ``m3ed finetune text``); produced only when that option is given.
 
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 FRAME, MEAN, FT_CLS = "roberta_frame", "roberta_mean", "roberta_ft_cls"
 EMPTY_TEXT = "empty text"
+SPECIAL_TOKEN_CHOICES = ("keep", "drop")
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,15 @@ class TextConfig:
     batch_tokens: int = 8192
     batch_items: int = 64
     finetuned: str | None = None
+    special_tokens: str = "keep"         # roberta_frame with [CLS]/[SEP] ("keep", the authors') or without
+
+    def __post_init__(self) -> None:
+        if self.special_tokens not in SPECIAL_TOKEN_CHOICES:
+            raise ValueError(f"--text-special-tokens {self.special_tokens!r}: choose keep or drop")
 
     def provenance(self) -> dict:
         return {**self.model.provenance(), "layer": "last" if self.layer is None else self.layer,
-                "finetuned": _fingerprint(self.finetuned)}
+                "finetuned": _fingerprint(self.finetuned), "special_tokens": self.special_tokens}
 
 
 def _fingerprint(directory: str | None) -> dict | None:
@@ -143,6 +151,7 @@ class TextStage(Stage):
     name = "text"
     feature_sets = (FRAME, MEAN)
     group_size = 32  # dialogues per call: batches span dialogues
+    uses_media = False  # text only: utterance times do not matter
 
     def __init__(self, config: TextConfig, device: str = "cpu", precision: str = "fp32"):
         self.config, self.device, self.precision = config, device, precision
@@ -161,6 +170,9 @@ class TextStage(Stage):
                            help="padded tokens per batch (default: %(default)s)")
         group.add_argument("--text-finetuned", metavar="DIR",
                            help="checkpoint of `m3ed finetune text`; adds the roberta_ft_cls feature set")
+        group.add_argument("--text-special-tokens", choices=SPECIAL_TOKEN_CHOICES, default="keep",
+                           help="roberta_frame with [CLS] and [SEP] (keep: as the authors stored it) or "
+                                "without them (drop); roberta_mean never includes them (default: %(default)s)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, context: RunContext) -> "TextStage":
@@ -169,6 +181,7 @@ class TextStage(Stage):
             layer=getattr(args, "text_layer", None),
             batch_tokens=getattr(args, "text_batch_tokens", None) or 8192,
             finetuned=getattr(args, "text_finetuned", None),
+            special_tokens=getattr(args, "text_special_tokens", None) or "keep",
         )
         return cls(config, context.device, context.precision)
 
@@ -179,7 +192,12 @@ class TextStage(Stage):
         spec = self.config.model
         if feature_set == FT_CLS:
             return {"model": str(self.config.finetuned), "tokens": "[CLS] of the fine-tuned encoder"}
-        tokens = "all tokens except special ones ([CLS], [SEP])" if feature_set == FRAME else "mean over tokens"
+        if feature_set == MEAN:
+            tokens = "mean over tokens except special ones ([CLS], [SEP])"
+        elif self.config.special_tokens == "keep":
+            tokens = "all tokens, [CLS] first and [SEP] last"
+        else:
+            tokens = "all tokens except special ones ([CLS], [SEP])"
         return {"model": spec.name, "revision": spec.revision or "",
                 "layer": "last" if self.config.layer is None else self.config.layer, "tokens": tokens}
 
@@ -209,7 +227,8 @@ class TextStage(Stage):
             if encoded is None or len(encoded.content) == 0:
                 result.failures += self._failures(dialogue, utterance, EMPTY_TEXT)
                 continue
-            result.features[FRAME][utterance.id] = encoded.content
+            keep = self.config.special_tokens == "keep"
+            result.features[FRAME][utterance.id] = encoded.hidden if keep else encoded.content
             result.features[MEAN][utterance.id] = encoded.content.mean(axis=0)
             if self.config.finetuned:
                 result.features[FT_CLS][utterance.id] = tuned[utterance.id].hidden[0]  # [CLS] comes first

@@ -5,6 +5,7 @@ The CLI only fills configuration and calls the library; everything it does is al
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import logging
@@ -14,9 +15,13 @@ from collections import Counter
 from pathlib import Path
 
 from ..corpus import Corpus
+from ..errors import EXIT_DATA_FAILURES, EXIT_INTERNAL, EXIT_OK, EXIT_RESOURCES, EXIT_USAGE, ConfigurationError
+from ..files import DiskFull, quiet_disk_full_cleanup
 from ..locate import MediaSource, Timing
+from ..lock import LockError
 from ..media import MediaError
 from ..profiles import PROFILES, get_profile
+from ..screening import OVERHANG_POLICIES
 from ..stats import format_tables, split_stats
 from ..store import FeatureStore
 from ..timecode import DEFAULT_FPS
@@ -55,7 +60,7 @@ def add_media_arguments(parser: argparse.ArgumentParser) -> None:
                    help="seconds added to utterance times for audio (default %(default)s, as the authors' release)")
 
 
-def load_corpus_from_args(args: argparse.Namespace) -> Corpus:
+def load_corpus_from_args(args: argparse.Namespace, *, log_problems: bool = True) -> Corpus:
     from ..loaders import load_corpus
 
     if args.annotations is None:
@@ -70,13 +75,15 @@ def load_corpus_from_args(args: argparse.Namespace) -> Corpus:
         wanted = [d.strip() for d in args.dialogues.split(",") if d.strip()]
         missing = [d for d in wanted if d not in {x.id for x in corpus}]
         if missing:
-            raise SystemExit(f"error: --dialogues: not in {args.annotations}: {', '.join(missing)}")
+            raise ConfigurationError(f"--dialogues: not in {args.annotations}: {', '.join(missing)}")
         corpus = corpus.select(wanted)
     problems = validate(corpus, require_split=args.splits is not None)
-    for problem in problems:
-        log.warning("annotation problem: %s", problem)
+    if log_problems:
+        for problem in problems:
+            log.warning("annotation problem: %s", problem)
     if problems and args.strict:
-        raise SystemExit(f"error: {len(problems)} annotation problem(s) (see above); --strict stops here")
+        raise ConfigurationError(f"{len(problems)} annotation problem(s) in {args.annotations}"
+                                 + (" (see above)" if log_problems else "") + "; --strict stops here")
     return corpus
 
 
@@ -99,6 +106,8 @@ def build_extract_parser(parser: argparse.ArgumentParser | None = None) -> argpa
                     "utterance of a dialogue corpus into HDF5 files. Without --videos/--annotations it runs on "
                     "the bundled sample. Re-running the same command resumes where a previous run stopped.",
         epilog="Outputs: OUT/manifest.jsonl, OUT/features/{set}.h5, OUT/failures.jsonl, OUT/run.json, OUT/clips/. "
+               "Exit codes: 0 done; 1 done with data failures (see failures.jsonl); 2 usage or configuration "
+               "error; 3 internal error; 4 out of resources (disk full). "
                "Fine-tuned feature sets (roberta_ft_cls, wav2vec2_ft_last) need checkpoints from "
                "`m3ed finetune text|audio`, passed with --text-finetuned / --audio-finetuned.")
     add_corpus_arguments(parser)
@@ -114,7 +123,16 @@ def build_extract_parser(parser: argparse.ArgumentParser | None = None) -> argpa
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision on CUDA (default: %(default)s)")
     g.add_argument("--cut-workers", type=int, default=2, help="parallel ffmpeg processes for the cut stage (default: %(default)s)")
     g.add_argument("--keep-parts", action="store_true", help="keep per-dialogue part files after publishing")
+    g.add_argument("--overhang", choices=OVERHANG_POLICIES, default="fail",
+                   help="an utterance that runs past its dialogue's end: fail (recorded in failures.jsonl; "
+                        "default) or clip it to the part inside (recorded in notes.jsonl and the files' attributes)")
+    g.add_argument("--no-report", action="store_true", help="do not write OUT/report.html at the end")
+    g.add_argument("--shard", metavar="I/N", help="process shard I of N (0-based) of a cluster array job; nothing is "
+                   "published until `m3ed merge OUT` (read from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set)")
+    g.add_argument("--shards", type=int, metavar="N", help="number of shards, with the index from JOB_COMPLETION_INDEX "
+                   "(a Kubernetes Indexed Job)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_debug_argument(parser)
     for name in STAGE_ORDER:
         if name in STAGES:
             stage_class(name).add_arguments(parser)
@@ -125,7 +143,7 @@ def run_extract(args: argparse.Namespace) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGE_ORDER]
     if unknown:
-        raise SystemExit(f"error: --stages: unknown {unknown}; choose from {', '.join(STAGE_ORDER)}")
+        raise ConfigurationError(f"--stages: unknown {unknown}; choose from {', '.join(STAGE_ORDER)}")
     stages = [s for s in STAGE_ORDER if s in stages]  # dependencies run first (asd before visual)
     corpus = load_corpus_from_args(args)
     args.device = args.device or default_device()
@@ -137,9 +155,27 @@ def run_extract(args: argparse.Namespace) -> int:
     print(f"{len(corpus)} dialogues, {sum(len(d.utterances) for d in corpus)} utterances; stages: {', '.join(stages)}")
     from .extract import run_extraction
 
+    from .shard import shard_from
+
+    shard = shard_from(args.shard, args.shards)
+    if shard and args.dialogues:
+        raise ConfigurationError("--dialogues and --shard exclude each other: a shard's dialogues follow from the corpus")
     record = run_extraction(corpus, context, stages, args, cut_workers=args.cut_workers,
-                            keep_parts=args.keep_parts, progress=not args.no_progress)
-    return report_run(context.store, record)
+                            keep_parts=args.keep_parts, progress=not args.no_progress,
+                            subset=bool(args.dialogues), overhang=args.overhang, shard=shard)
+    if shard:
+        print(f"shard {shard.label} done; publish with `m3ed merge {context.store.root}` once every shard is")
+        return EXIT_DATA_FAILURES if record["failed_dialogues"] or record["refused_utterances"] else EXIT_OK
+    code = report_run(context.store, record)
+    if not args.no_report and not record.get("read_only"):
+        from .report import write_report
+
+        try:
+            print(f"report: {write_report(context.store.root)}")
+        except Exception as e:  # the features are written; a report problem must not hide that
+            log.warning("could not write the report (%s: %s); `m3ed report %s` retries it", type(e).__name__, e,
+                        context.store.root)
+    return code
 
 
 def report_run(store: FeatureStore, record: dict) -> int:
@@ -157,20 +193,75 @@ def report_run(store: FeatureStore, record: dict) -> int:
             where = failure.utterance_id or failure.dialogue_id
             print(f"  [{failure.feature_set}] {where}: {failure.reason.splitlines()[0]}")
     failed = record.get("failed_dialogues", [])
+    refused = record.get("refused_utterances", [])
+    if record.get("read_only"):
+        print(f"{store.root} is read-only and already up to date; nothing was written")
     if failed:
-        print(f"{len(failed)} dialogue(s) failed: {', '.join(failed[:20])}; re-run the same command to retry them")
-        return 1
-    return 0
+        print(f"{len(failed)} dialogue(s) failed: {', '.join(failed[:20])}; fix what failures.jsonl says "
+              f"(or, for passing errors, just re-run the same command to retry them)")
+    if refused:
+        print(f"{len(refused)} utterance(s) refused for their times: {', '.join(refused[:20])} (see failures.jsonl)")
+    return EXIT_DATA_FAILURES if failed or refused else EXIT_OK
+
+
+def add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: `m3ed --debug extract ...` must not be reset by the subcommand's own default.
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print Python tracebacks of errors")
+
+
+# Mistakes of the user or of the data given: one "error:" line, no traceback.
+USER_ERRORS = (ConfigurationError, LockError, MediaError, ValueError, OSError, KeyError, json.JSONDecodeError)
+
+
+def run_command(func, args: argparse.Namespace) -> int:
+    """Run a command with the exit-code policy of :mod:`m3ed.errors`: 0 done, 1 done with data
+    failures, 2 usage or configuration error, 3 internal error, 4 out of resources."""
+    with quiet_disk_full_cleanup():
+        code = _run_command(func, args)
+        gc.collect()   # h5py objects of a failed write go now, while their noise is filtered
+    return code
+
+
+def _run_command(func, args: argparse.Namespace) -> int:
+    debug = getattr(args, "debug", False)
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if isinstance(e, DiskFull):
+            code, message = EXIT_RESOURCES, str(e.strerror or e)
+        elif isinstance(e, USER_ERRORS):
+            code, message = EXIT_USAGE, _user_message(e)
+        else:  # a bug: say so, and how to get the details
+            code, message = EXIT_INTERNAL, (f"internal error: {type(e).__name__}: {e}"
+                                            + ("" if debug else " (re-run with --debug for the traceback)"))
+        if debug:
+            import traceback
+
+            traceback.print_exception(e)
+        print(f"error: {message}", file=sys.stderr)
+        return code
+
+
+def _user_message(error: BaseException) -> str:
+    if isinstance(error, KeyError):
+        return str(error.args[0]) if error.args else "missing key"
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error):
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error)
 
 
 def extract_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run_extract(build_extract_parser().parse_args(argv))
+    args = build_extract_parser().parse_args(argv)
+    return run_command(run_extract, args)
 
 
 # ---- m3ed subcommands ---------------------------------------------------------------------------
 def _run_stats(args: argparse.Namespace) -> int:
-    stats = split_stats(load_corpus_from_args(args))
+    stats = split_stats(load_corpus_from_args(args), definitions=args.definitions)
     print(format_tables(stats))
     if args.json:
         args.json.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -190,8 +281,23 @@ def _run_cut(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _run_merge(args: argparse.Namespace) -> int:
+    from .extract import merge
+
+    record = merge(args.out)
+    code = report_run(FeatureStore(args.out), record)
+    if not args.no_report:
+        from .report import write_report
+
+        try:
+            print(f"report: {write_report(args.out)}")
+        except Exception as e:  # the features are published; a report problem must not hide that
+            log.warning("could not write the report (%s: %s)", type(e).__name__, e)
+    return code
+
+
 def _run_validate(args: argparse.Namespace) -> int:
-    corpus = load_corpus_from_args(args)
+    corpus = load_corpus_from_args(args, log_problems=False)
     problems = validate(corpus, require_split=args.splits is not None)
     print(f"{len(corpus)} dialogues, {sum(len(d.utterances) for d in corpus)} utterances, {len(problems)} problem(s)")
     for problem in problems:
@@ -208,22 +314,33 @@ SUBCOMMANDS = (
     ("m3ed.pipelines.train", "add_train_parser"),
     ("m3ed.pipelines.export", "add_export_parser"),
     ("m3ed.synthetic", "add_synthetic_parser"),
+    ("m3ed.pipelines.report", "add_report_parser"),
+    ("m3ed.pipelines.inspect_h5", "add_inspect_parser"),
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="m3ed", description="Multimodal emotion-recognition-in-conversation toolkit.")
+    parser = argparse.ArgumentParser(prog="m3ed", description="Multimodal emotion-recognition-in-conversation toolkit.",
+                                     epilog="Exit codes: 0 done; 1 done with data failures (see failures.jsonl); "
+                                            "2 usage or configuration error; 3 internal error; 4 out of resources.")
+    add_debug_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     extract = sub.add_parser("extract", help="the main job (same as m3ed-extract)")
     build_extract_parser(extract)
     extract.set_defaults(func=run_extract)
-    stats = sub.add_parser("stats", help="Tables 2 and 3 of the paper for an annotation")
+    stats = sub.add_parser("stats", help="Tables 2, 3 and 4 of the paper for an annotation")
     add_corpus_arguments(stats)
     stats.add_argument("--json", type=Path, help="also write {train,val,test,total} statistics here")
+    stats.add_argument("--definitions", choices=("authors", "clean"), default="authors",
+                       help="authors: as the paper's own script counted (default); clean: exact counts (README)")
     stats.set_defaults(func=_run_stats)
     validate_cmd = sub.add_parser("validate", help="report every problem in an annotation")
     add_corpus_arguments(validate_cmd)
     validate_cmd.set_defaults(func=_run_validate)
+    merge_cmd = sub.add_parser("merge", help="publish the feature files of a sharded run (after every --shard I/N)")
+    merge_cmd.add_argument("out", type=Path, help="the output directory the shards wrote")
+    merge_cmd.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
+    merge_cmd.set_defaults(func=_run_merge)
     cut = sub.add_parser("cut", help="cut dialogue and utterance clips (mp4 + 16 kHz wav)")
     add_corpus_arguments(cut)
     add_media_arguments(cut)
@@ -243,8 +360,4 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (MediaError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args.func, args)

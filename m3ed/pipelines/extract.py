@@ -10,6 +10,7 @@ utterance times are recorded, never processed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import platform
@@ -22,13 +23,14 @@ from tqdm import tqdm
 from .. import __version__
 from ..corpus import Corpus
 from ..errors import ConfigurationError
-from ..files import DiskFull, sweep_temporaries
+from ..files import DiskFull, atomic_write_text, sweep_temporaries
 from ..locate import MediaSource, Timing
 from ..lock import LockError, OutputLock
 from ..media import MediaError
 from ..screening import Screening, refused_dialogues, screen_times
 from ..store import Failure, FeatureStore, config_hash, dialogue_hash
 from .cut import cut_corpus
+from .shard import Shard
 from .stage import DialogueResult, RunContext, Stage, failed_dialogue, stage_class
 
 # Errors that concern the whole run, not one dialogue: they stop it instead of being recorded.
@@ -48,7 +50,7 @@ class StageReport:
 
 
 def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work: Corpus | None = None,
-              screening: Screening | None = None) -> StageReport:
+              screening: Screening | None = None, publish: bool = True, shard: Shard | None = None) -> StageReport:
     """Run one stage over ``work`` (default: the whole corpus), resuming from finished parts and
     from dialogues already published; publish its feature files for the whole corpus."""
     store, corpus = context.store, context.corpus
@@ -78,6 +80,10 @@ def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work:
         return report
     report.dialogues_skipped = len(done)
     groups = [dialogues[i:i + stage.group_size] for i in range(0, len(dialogues), stage.group_size)]
+    if shard:   # whole groups, so that every batch is the one an unsharded run computes
+        groups = shard.groups(groups)
+        dialogues = [d for group in groups for d in group]
+        done &= {d.id for d in dialogues}
     bar = tqdm(total=len(dialogues), desc=f"{stage.name:>6}", unit="dlg", disable=not progress, initial=len(done))
     for group in groups:
         if all(d.id in done for d in group):
@@ -92,18 +98,29 @@ def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work:
                 report.dialogues_done += 1
             bar.update(1)
     bar.close()
-    corpus_digest = config_hash([d.id for d in corpus])
-    for fs in stage.feature_sets:
-        clipped = {u: note for u, (d, note) in screening.clipped.items()} if stage.uses_media else {}
-        attrs = {"config_hash": digest, "corpus_hash": corpus_digest, "stage": stage.name, **_flat(provenance),
-                 **stage.attrs(fs), **({"clipped_utterances": clipped} if clipped else {})}
-        path = store.publish(fs, corpus, attrs, dialogue_hashes=hashes)
+    if publish:
+        publish_stage(store, corpus, publish_attrs(stage, corpus, screening), report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def publish_attrs(stage: Stage, corpus: Corpus, screening: Screening) -> dict[str, dict]:
+    """Feature set -> the attributes its published file gets (all a later ``m3ed merge`` needs)."""
+    provenance = stage.provenance()
+    clipped = {u: note for u, (d, note) in screening.clipped.items()} if stage.uses_media else {}
+    common = {"config_hash": config_hash(provenance), "corpus_hash": config_hash([d.id for d in corpus]),
+              "stage": stage.name, **_flat(provenance), **({"clipped_utterances": clipped} if clipped else {})}
+    return {fs: {**common, **stage.attrs(fs)} for fs in stage.feature_sets}
+
+
+def publish_stage(store: FeatureStore, corpus: Corpus, attrs: dict[str, dict], report: StageReport) -> None:
+    hashes = {d.id: dialogue_hash(d) for d in corpus}
+    for fs, fs_attrs in attrs.items():
+        path = store.publish(fs, corpus, fs_attrs, dialogue_hashes=hashes)
         if path is None:
             report.empty_sets.append(fs)
         else:
             report.feature_files.append(str(path))
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def _process_group(stage: Stage, group, context: RunContext) -> list[DialogueResult]:
@@ -191,14 +208,16 @@ def output_corpus(store: FeatureStore, work: Corpus, subset: bool) -> Corpus:
 
 def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args: argparse.Namespace,
                    *, cut_workers: int = 2, keep_parts: bool = False, progress: bool = True,
-                   subset: bool = False, overhang: str = "fail") -> dict:
+                   subset: bool = False, overhang: str = "fail", shard: Shard | None = None) -> dict:
     """Run ``stages`` in order over ``corpus``; returns the run record also written to ``run.json``.
 
     With ``subset`` (``--dialogues``), ``corpus`` holds the chosen dialogues: they are added to, or
     replace their earlier selves in, an existing output; every other published dialogue stays.
+    With ``shard``, only that shard's dialogues are processed, nothing is published, and the record
+    goes to ``OUT/shards/``; ``m3ed merge`` publishes once every shard is done.
     """
     store = context.store
-    lock = OutputLock(store.root)
+    lock = OutputLock(store.root, shard=shard.label if shard else None)
     try:
         store.root.mkdir(parents=True, exist_ok=True)
         lock.acquire()
@@ -210,7 +229,8 @@ def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args:
         read_only = True   # fine as long as everything is already there; checked at the end
     try:
         return _run_locked(corpus, context, stages, args, cut_workers=cut_workers, keep_parts=keep_parts,
-                           progress=progress, subset=subset, overhang=overhang, read_only=read_only)
+                           progress=progress, subset=subset, overhang=overhang, read_only=read_only, shard=shard,
+                           lock=lock)
     except OSError as e:
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and not isinstance(e, DiskFull):
             raise ConfigurationError(f"{store.root}: not writable ({e.strerror}: {e.filename}), and this run has "
@@ -221,14 +241,17 @@ def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args:
 
 
 def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progress, subset, overhang,
-                read_only) -> dict:
+                read_only, shard, lock) -> dict:
     store, work = context.store, corpus
     preflight(stages, args, context)
     if not read_only:
         sweep_temporaries(store.root)
     context.corpus = output_corpus(store, work, subset)
-    store.write_manifest(context.corpus)
+    with lock.critical():   # shards all write the same manifest
+        store.write_manifest(context.corpus)
     screening = screen(context.corpus, work, context.media, overhang)
+    if shard:
+        return _run_shard(context, work, stages, args, screening, shard, cut_workers=cut_workers, progress=progress)
     record = {
         "package_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {k: v for k, v in vars(args).items() if k != "func"}, "versions": _versions(),
@@ -285,6 +308,125 @@ def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progr
     store.write_notes(notes)
     store.write_run(record)
     return record
+
+
+def _run_shard(context: RunContext, work: Corpus, stages: list[str], args: argparse.Namespace,
+               screening: Screening, shard: Shard, *, cut_workers: int, progress: bool) -> dict:
+    """Process one shard's dialogues into parts; record what ``m3ed merge`` needs to publish."""
+    store = context.store
+    record = {"package_version": __version__, "shard": shard.label,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": _versions(),
+              "config": {k: v for k, v in vars(args).items() if k != "func"}, "stages": {},
+              "refused": screening.refused, "clipped": {u: list(v) for u, v in screening.clipped.items()},
+              "publish": {}, "cut_failures": [], "complete": False}
+    for name in stages:
+        started = time.perf_counter()
+        if name == "cut":
+            failures = cut_corpus(shard.select(work), context.media, store.clips_dir, workers=cut_workers, progress=progress,
+                                  screening=screening)
+            record["cut_failures"] = [dataclasses.asdict(f) for f in failures]
+            record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3), "failed": len(failures)}
+            continue
+        stage = stage_class(name).from_args(args, context)
+        try:
+            report = run_stage(stage, context, progress, work=work, screening=screening, publish=False, shard=shard)
+            record["publish"][name] = {"attrs": publish_attrs(stage, context.corpus, screening),
+                                       "uses_media": stage.uses_media, "group_size": stage.group_size}
+        finally:
+            stage.close()
+        record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance()}
+    record["complete"] = True
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_text(store.root / "shards" / f"run-{shard.index}-of-{shard.count}.json",
+                      json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
+    record["failed_dialogues"] = sorted({d for fs in record["stages"].values() for d in fs.get("dialogues_failed", [])}
+                                        | set(screening.refused))
+    record["refused_utterances"] = sorted(screening.bad_times)
+    record["sharded"] = True
+    return record
+
+
+def merge(out_dir) -> dict:
+    """Publish the feature files of a sharded run once every shard has finished (``m3ed merge OUT``)."""
+    store = FeatureStore(out_dir)
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((store.root / "shards").glob("run-*-of-*.json"))]
+    if not records:
+        raise ConfigurationError(f"{store.root}: no shard records (shards/run-I-of-N.json); run the shards first "
+                                 f"(m3ed-extract --shard I/N --out {store.root})")
+    counts = {int(r["shard"].split("/")[1]) for r in records}
+    if len(counts) != 1:
+        raise ConfigurationError(f"{store.root}: shard records of different shard counts {sorted(counts)}; "
+                                 f"remove the stale ones under {store.root / 'shards'}")
+    count = counts.pop()
+    corpus = store.corpus()
+    if corpus is None:
+        raise ConfigurationError(f"{store.root}: no manifest.jsonl; run the shards first")
+    with OutputLock(store.root):
+        return _merge_locked(store, corpus, records, count)
+
+
+def _merge_locked(store: FeatureStore, corpus: Corpus, records: list[dict], count: int) -> dict:
+    finished = {r["shard"] for r in records if r.get("complete")}
+    refused = {d: reason for r in records for d, reason in r.get("refused", {}).items()}
+    hashes = {d.id: dialogue_hash(d) for d in corpus}
+    stages: dict[str, dict] = {}
+    for r in records:
+        for name, entry in r.get("publish", {}).items():
+            if name in stages and stages[name]["attrs"] != entry["attrs"]:
+                raise ConfigurationError(f"{store.root}: shards ran stage {name} with different configurations "
+                                         f"(config hash {_hash_of(stages[name])} vs {_hash_of(entry)}); re-run the "
+                                         f"shards with the same options")
+            stages[name] = entry
+    missing: dict[str, list[str]] = {}
+    for name, entry in stages.items():
+        owner = Shard.group_owners([d for d in corpus if d.id not in refused], entry["group_size"], count)
+        for fs, attrs in entry["attrs"].items():
+            digest = attrs["config_hash"]
+            for d in corpus:
+                if d.id in refused or store.is_done(fs, d.id, digest, hashes[d.id]) or store.is_failed(fs, d.id) \
+                        or store.published_dialogues(fs, digest).get(d.id) == hashes[d.id]:
+                    continue
+                other = store.part_config(fs, d.id)
+                if other is not None and other != digest:
+                    raise ConfigurationError(f"{store.part_path(fs, d.id)}: made with configuration {other}, not "
+                                             f"{digest} like the other shards; re-run shard {owner[d.id] + 1}/{count}")
+                missing.setdefault(f"{owner[d.id]}/{count}", []).append(f"{fs}:{d.id}")
+    if missing:
+        lines = "; ".join(f"shard {s} ({'finished' if s in finished else 'not finished'}): "
+                          f"{', '.join(sorted({m.split(':', 1)[1] for m in items})[:10])}" for s, items in sorted(missing.items()))
+        raise ConfigurationError(f"{store.root}: not every dialogue is finished yet: {lines}. Run those shards "
+                                 f"(m3ed-extract --shard I/N ...) and merge again")
+    screening = Screening(refused=refused, clipped={u: tuple(v) for r in records for u, v in r.get("clipped", {}).items()})
+    failures: list[Failure] = []
+    notes: list[Failure] = []
+    previous = store.read_failures()
+    if any(r["stages"].get("cut") for r in records):
+        failures += [Failure(**f) for r in sorted(records, key=lambda r: int(r["shard"].split("/")[0]))
+                     for f in r.get("cut_failures", [])]
+        notes += [Failure("cut", d, u, note) for u, (d, note) in screening.clipped.items()]
+    report = StageReport("merge")
+    for name, entry in stages.items():
+        publish_stage(store, corpus, entry["attrs"], report)
+        for fs in entry["attrs"]:
+            failures += _refusals(fs, corpus, screening)
+            failures += [f for f in store.failures(fs, corpus, previous) if f.dialogue_id not in refused]
+            if entry.get("uses_media"):
+                notes += [Failure(fs, d, u, note) for u, (d, note) in screening.clipped.items()]
+            store.remove_parts(fs)
+    produced = {fs for entry in stages.values() for fs in entry["attrs"]} | {"cut"}
+    failures = [f for f in previous if f.feature_set not in produced] + failures
+    store.write_failures(failures)
+    store.write_notes(notes)
+    record = {"package_version": __version__, "merged_shards": sorted(finished), "feature_files": report.feature_files,
+              "empty_sets": report.empty_sets, "failures": len(failures),
+              "failed_dialogues": sorted({f.dialogue_id for f in failures if f.utterance_id is None}),
+              "complete": True, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    store.write_run({**records[0], "shard": None, "merge": record})
+    return record
+
+
+def _hash_of(entry: dict) -> str:
+    return next(iter(entry["attrs"].values()))["config_hash"]
 
 
 def preflight(stages: list[str], args: argparse.Namespace, context: RunContext) -> None:

@@ -4,9 +4,9 @@ Renders the dialogue's video (25 fps, native size) with its sound and, per frame
 
 - every face track's box with its speaking probability (green when >= 0.5, red below; from
   ``OUT/asd/{dialogue}.json``, written by the asd stage);
-- the box chosen as the current utterance's speaker thick yellow, labelled with the stage that
-  chose it (``S1``: confident ASD; ``S2``: embedding match, with the similarity) -- from the
-  ``speaker_faces`` feature file;
+- the box chosen as the current utterance's speaker thick yellow, labelled with the rule that
+  chose it (``m3ed.asd.assign.RULE_NAMES``: ``asd``, ``match``, ``single_face``, ...; with the
+  similarity where the rule used one) -- from the ``speaker_faces`` feature file;
 - a caption: utterance id, speaker key and name, emotion, and the text (drawn with a CJK font
   when one is installed: ``M3ED_FONT`` or a common Noto/WenQuanYi path; otherwise the text is
   left out and the caption says so).
@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..asd.assign import COLUMNS
+from ..asd.assign import COLUMNS, RULE_NAMES
 from ..asd.pipeline import FEATURE_SET, read_dialogue_faces
 from ..corpus import Corpus, Dialogue
 from ..locate import MediaSource
@@ -161,7 +161,7 @@ def _draw_frame(image: np.ndarray, faces, chosen: np.ndarray | None, caption: tu
     if chosen is not None:
         x1, y1, x2, y2 = (int(round(v)) for v in chosen[_BOX])
         stage = int(chosen[_STAGE])
-        label = f"speaker S{stage}" + (f" sim {chosen[_SIM]:.2f}" if stage == 2 and not np.isnan(chosen[_SIM]) else "")
+        label = f"speaker {RULE_NAMES.get(stage, stage)}" + ("" if np.isnan(chosen[_SIM]) else f" sim {chosen[_SIM]:.2f}")
         cv2.rectangle(image, (x1, y1), (x2, y2), YELLOW, 4)
         cv2.putText(image, label, (x1, min(y2 + 18, image.shape[0] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.55, YELLOW, 2, cv2.LINE_AA)
     if caption:
