@@ -137,6 +137,7 @@ def square_crop(frame_rgb: np.ndarray, box: np.ndarray, scale: float = DEFAULT_C
 class FaceStage(Stage):
     name = "visual"
     feature_sets = (FRAME_SET, MEAN_SET)
+    needs = ("asd",)   # reads the speaker faces the asd stage published
 
     def __init__(self, config: FaceConfig, device: str = "cpu", fps: float = 25.0,
                  speaker_faces_hash: str | None = None, precision: str = "fp32"):

@@ -127,6 +127,11 @@ def build_extract_parser(parser: argparse.ArgumentParser | None = None) -> argpa
                    help="an utterance that runs past its dialogue's end: fail (recorded in failures.jsonl; "
                         "default) or clip it to the part inside (recorded in notes.jsonl and the files' attributes)")
     g.add_argument("--no-report", action="store_true", help="do not write OUT/report.html at the end")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: each stage's dialogue groups on a pool of Ray actors, "
+                        "one model replica per GPU (pip install 'm3ed[ray]')")
+    g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS; else start "
+                   "Ray on this machine with all its GPUs)")
     g.add_argument("--shard", metavar="I/N", help="process shard I of N (0-based) of a cluster array job; nothing is "
                    "published until `m3ed merge OUT` (read from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set)")
     g.add_argument("--shards", type=int, metavar="N", help="number of shards, with the index from JOB_COMPLETION_INDEX "
@@ -162,7 +167,8 @@ def run_extract(args: argparse.Namespace) -> int:
         raise ConfigurationError("--dialogues and --shard exclude each other: a shard's dialogues follow from the corpus")
     record = run_extraction(corpus, context, stages, args, cut_workers=args.cut_workers,
                             keep_parts=args.keep_parts, progress=not args.no_progress,
-                            subset=bool(args.dialogues), overhang=args.overhang, shard=shard)
+                            subset=bool(args.dialogues), overhang=args.overhang, shard=shard,
+                            engine=args.engine, ray_address=args.ray_address)
     if shard:
         print(f"shard {shard.label} done; publish with `m3ed merge {context.store.root}` once every shard is")
         return EXIT_DATA_FAILURES if record["failed_dialogues"] or record["refused_utterances"] else EXIT_OK

@@ -16,6 +16,7 @@ import json
 import platform
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -50,7 +51,8 @@ class StageReport:
 
 
 def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work: Corpus | None = None,
-              screening: Screening | None = None, publish: bool = True, shard: Shard | None = None) -> StageReport:
+              screening: Screening | None = None, publish: bool = True, shard: Shard | None = None,
+              ray_args: argparse.Namespace | None = None) -> StageReport:
     """Run one stage over ``work`` (default: the whole corpus), resuming from finished parts and
     from dialogues already published; publish its feature files for the whole corpus."""
     store, corpus = context.store, context.corpus
@@ -85,23 +87,45 @@ def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work:
         dialogues = [d for group in groups for d in group]
         done &= {d.id for d in dialogues}
     bar = tqdm(total=len(dialogues), desc=f"{stage.name:>6}", unit="dlg", disable=not progress, initial=len(done))
-    for group in groups:
-        if all(d.id in done for d in group):
-            continue
-        for result in _process_group(stage, group, context):
-            if result.dialogue_id in done:
-                continue  # recomputed only so that the group's batches match an uninterrupted run
-            _save(store, stage, _screened(stage, result, screening), digest, hashes[result.dialogue_id])
-            if result.error:
-                report.dialogues_failed.append(result.dialogue_id)
-            else:
-                report.dialogues_done += 1
-            bar.update(1)
+    todo = [group for group in groups if not all(d.id in done for d in group)]
+    if ray_args is not None and todo:
+        outcomes = _on_ray(stage.name, ray_args, context, todo, digest, hashes, screening)
+    else:
+        outcomes = _locally(stage, context, todo, digest, hashes, screening)
+    for dialogue_id, error in outcomes:
+        if dialogue_id in done:
+            continue  # recomputed only so that the group's batches match an uninterrupted run
+        if error:
+            report.dialogues_failed.append(dialogue_id)
+        else:
+            report.dialogues_done += 1
+        bar.update(1)
     bar.close()
     if publish:
         publish_stage(store, corpus, publish_attrs(stage, corpus, screening), report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _locally(stage, context, groups, digest, hashes, screening):
+    """``(dialogue id, error)`` of each dialogue of ``groups``, processed here; parts are written."""
+    for group in groups:
+        done = {d.id for d in group if all(context.store.is_done(fs, d.id, digest, hashes[d.id]) for fs in stage.feature_sets)}
+        for result in _process_group(stage, group, context):
+            if result.dialogue_id not in done:
+                _save(context.store, stage, _screened(stage, result, screening), digest, hashes[result.dialogue_id])
+            yield result.dialogue_id, result.error
+
+
+def _on_ray(name, args, context, groups, digest, hashes, screening):
+    """The same, on a pool of Ray actors (:mod:`m3ed.pipelines.ray_engine`)."""
+    from .ray_engine import RayGroups
+
+    pool = RayGroups(name, args, context, len(groups))
+    try:
+        yield from pool.run(groups, digest, hashes, screening)
+    finally:
+        pool.close()
 
 
 def publish_attrs(stage: Stage, corpus: Corpus, screening: Screening) -> dict[str, dict]:
@@ -208,15 +232,23 @@ def output_corpus(store: FeatureStore, work: Corpus, subset: bool) -> Corpus:
 
 def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args: argparse.Namespace,
                    *, cut_workers: int = 2, keep_parts: bool = False, progress: bool = True,
-                   subset: bool = False, overhang: str = "fail", shard: Shard | None = None) -> dict:
+                   subset: bool = False, overhang: str = "fail", shard: Shard | None = None,
+                   engine: str = "local", ray_address: str | None = None) -> dict:
     """Run ``stages`` in order over ``corpus``; returns the run record also written to ``run.json``.
 
     With ``subset`` (``--dialogues``), ``corpus`` holds the chosen dialogues: they are added to, or
     replace their earlier selves in, an existing output; every other published dialogue stays.
     With ``shard``, only that shard's dialogues are processed, nothing is published, and the record
     goes to ``OUT/shards/``; ``m3ed merge`` publishes once every shard is done.
+    With ``engine="ray"`` the stages' dialogue groups run on Ray actors (same output).
     """
     store = context.store
+    if engine == "ray":
+        from .ray_engine import connect
+
+        connect(ray_address)
+    elif engine != "local":
+        raise ConfigurationError(f"--engine {engine!r}: choose local or ray")
     lock = OutputLock(store.root, shard=shard.label if shard else None)
     try:
         store.root.mkdir(parents=True, exist_ok=True)
@@ -230,7 +262,7 @@ def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args:
     try:
         return _run_locked(corpus, context, stages, args, cut_workers=cut_workers, keep_parts=keep_parts,
                            progress=progress, subset=subset, overhang=overhang, read_only=read_only, shard=shard,
-                           lock=lock)
+                           lock=lock, ray_args=args if engine == "ray" else None)
     except OSError as e:
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and not isinstance(e, DiskFull):
             raise ConfigurationError(f"{store.root}: not writable ({e.strerror}: {e.filename}), and this run has "
@@ -241,17 +273,18 @@ def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args:
 
 
 def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progress, subset, overhang,
-                read_only, shard, lock) -> dict:
+                read_only, shard, lock, ray_args) -> dict:
     store, work = context.store, corpus
     preflight(stages, args, context)
     if not read_only:
         sweep_temporaries(store.root)
     context.corpus = output_corpus(store, work, subset)
-    with lock.critical():   # shards all write the same manifest
+    with nullcontext() if read_only else lock.critical():   # shards all write the same manifest
         store.write_manifest(context.corpus)
     screening = screen(context.corpus, work, context.media, overhang)
     if shard:
-        return _run_shard(context, work, stages, args, screening, shard, cut_workers=cut_workers, progress=progress)
+        return _run_shard(context, work, stages, args, screening, shard, cut_workers=cut_workers, progress=progress,
+                          ray_args=ray_args)
     record = {
         "package_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {k: v for k, v in vars(args).items() if k != "func"}, "versions": _versions(),
@@ -277,7 +310,7 @@ def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progr
             continue
         stage = stage_class(name).from_args(args, context)
         try:
-            report = run_stage(stage, context, progress, work=work, screening=screening)
+            report = run_stage(stage, context, progress, work=work, screening=screening, ray_args=ray_args)
         finally:
             stage.close()
         produced.update(stage.feature_sets)
@@ -311,7 +344,7 @@ def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progr
 
 
 def _run_shard(context: RunContext, work: Corpus, stages: list[str], args: argparse.Namespace,
-               screening: Screening, shard: Shard, *, cut_workers: int, progress: bool) -> dict:
+               screening: Screening, shard: Shard, *, cut_workers: int, progress: bool, ray_args=None) -> dict:
     """Process one shard's dialogues into parts; record what ``m3ed merge`` needs to publish."""
     store = context.store
     record = {"package_version": __version__, "shard": shard.label,
@@ -329,7 +362,8 @@ def _run_shard(context: RunContext, work: Corpus, stages: list[str], args: argpa
             continue
         stage = stage_class(name).from_args(args, context)
         try:
-            report = run_stage(stage, context, progress, work=work, screening=screening, publish=False, shard=shard)
+            report = run_stage(stage, context, progress, work=work, screening=screening, publish=False, shard=shard,
+                               ray_args=ray_args)
             record["publish"][name] = {"attrs": publish_attrs(stage, context.corpus, screening),
                                        "uses_media": stage.uses_media, "group_size": stage.group_size}
         finally:
@@ -431,9 +465,10 @@ def _hash_of(entry: dict) -> str:
 
 def preflight(stages: list[str], args: argparse.Namespace, context: RunContext) -> None:
     """Build every stage once and check its models before any work: a model that cannot be had
-    is a configuration error, never an empty feature file."""
+    is a configuration error, never an empty feature file. A stage that reads the output of an
+    earlier stage of this run is checked when its turn comes."""
     for name in stages:
-        if name == "cut":
+        if name == "cut" or set(stage_class(name).needs) & set(stages):
             continue
         stage = stage_class(name).from_args(args, context)
         try:

@@ -48,6 +48,7 @@ class Stage:
     feature_sets: tuple[str, ...] = ()
     group_size: int = 1
     uses_media: bool = True   # reads picture or sound, so utterance times matter (m3ed.screening)
+    needs: tuple[str, ...] = ()   # stages whose published output this one reads when it is built
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

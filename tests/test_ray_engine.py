@@ -1,0 +1,97 @@
+"""`--engine ray`: the same bytes as the local engine, even when an actor is killed mid-stage."""
+import dataclasses
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from m3ed.corpus import Corpus, utterance_id
+from m3ed.pipelines.cli import extract_main
+
+ray = pytest.importorskip("ray")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus_path(tmp_path_factory, sample_corpus, sample_paths):
+    """36 dialogues: two text groups and three audio groups, so that actors share the work."""
+    dialogues = []
+    for k in range(12):
+        for d in sample_corpus:
+            new = f"{d.id}-{k}"
+            dialogues.append(dataclasses.replace(
+                d, id=new, video=str(next(sample_paths["videos"].glob(f"{d.show}{d.episode:02d}.mp4"))),
+                utterances=tuple(dataclasses.replace(u, id=utterance_id(new, i + 1), dialogue_id=new)
+                                 for i, u in enumerate(d.utterances))))
+    path = tmp_path_factory.mktemp("ray") / "corpus.jsonl"
+    Corpus(tuple(dialogues)).to_jsonl(path)
+    return path
+
+
+def _argv(corpus_path: Path, out: Path, *extra: str) -> list[str]:
+    return ["--annotations", str(corpus_path), "--out", str(out), "--stages", "text,audio", "--profile", "tiny",
+            "--device", "cpu", "--no-progress", "--no-report", *extra]
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    files = sorted((out / "features").glob("*.h5")) + [out / "failures.jsonl", out / "manifest.jsonl"]
+    return {p.name: p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus_path, models_cache):
+    out = tmp_path_factory.mktemp("local") / "out"
+    assert extract_main(_argv(corpus_path, out)) == 0
+    return _outputs(out)
+
+
+def test_ray_engine_writes_what_the_local_engine_writes(tmp_path, corpus_path, reference, local_ray):
+    out = tmp_path / "out"
+    assert extract_main(_argv(corpus_path, out, "--engine", "ray")) == 0
+    assert _outputs(out) == reference
+    assert len(reference) == 6
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::StageWorker"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_killed_actor_is_replaced_and_the_output_is_the_same(tmp_path, corpus_path, reference, local_ray):
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_one_actor_mid_audio() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            parts = out / ".parts" / "wav2vec2_frame"
+            if parts.exists() and any(parts.glob("*.h5")):
+                for pid in _actor_pids():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    break
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_actor_mid_audio, daemon=True)
+    killer.start()
+    assert extract_main(_argv(corpus_path, out, "--engine", "ray")) == 0
+    killer.join(timeout=5)
+    assert killed, "no actor was running mid-stage to be killed"
+    assert _outputs(out) == reference
