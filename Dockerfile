@@ -24,12 +24,12 @@ RUN apt-get update \
  && echo 'export PATH=/opt/venv/bin:$PATH' > /etc/profile.d/m3ed-venv.sh
 # (login shells rebuild PATH from /etc/profile)
 
-# Every dependency comes from pyproject.toml (one source of truth). They are
+# Every dependency comes from pyproject.toml (one source of truth), with the Ray extra. They are
 # installed from a stub package first, so that a code change does not reinstall torch.
 WORKDIR /opt/m3ed
 COPY pyproject.toml README.md ./
 RUN mkdir m3ed && touch m3ed/__init__.py \
- && pip install "." && pip uninstall -y m3ed && rm -rf m3ed build ./*.egg-info
+ && pip install ".[ray]" && pip uninstall -y m3ed && rm -rf m3ed build ./*.egg-info
 COPY m3ed ./m3ed
 COPY samples ./samples
 RUN pip install --no-deps . && pip check && rm -rf build ./*.egg-info

@@ -73,7 +73,7 @@ MANIFESTS = sorted(DEPLOY.rglob("*.yaml")) + sorted(DEPLOY.rglob("*.yml"))
 
 def test_deploy_has_each_kind_of_manifest():
     kinds = {(d["apiVersion"], d["kind"]) for p in MANIFESTS for d in load_yaml(p)}
-    assert {("batch/v1", "Job"), ("v1", "PersistentVolumeClaim")} <= kinds
+    assert {("batch/v1", "Job"), ("ray.io/v1", "RayJob"), ("v1", "PersistentVolumeClaim")} <= kinds
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(DEPLOY)))
@@ -193,17 +193,36 @@ def test_dockerfile_base_image_is_pinned_and_matches_torch_cuda():
     assert f"{m[1]}.{m[2]}" == torch.version.cuda, f"base CUDA {m[1]}.{m[2]} != torch's CUDA {torch.version.cuda}"
 
 
+def test_rayjob_runs_the_ray_engine_on_gpu_workers_and_a_shared_out():
+    job = one(K8S / "rayjob.yaml", "RayJob")
+    entry = job["spec"]["entrypoint"]
+    assert entry.split()[0] == "m3ed-extract" and option(entry, "--engine") == "ray"
+    assert option(entry, "--out").startswith("/data/")
+    cluster = job["spec"]["rayClusterSpec"]
+    workers = cluster["workerGroupSpecs"][0]
+    (worker,) = workers["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1 and workers["replicas"] >= 1
+    for spec in (cluster["headGroupSpec"]["template"]["spec"], workers["template"]["spec"]):
+        (c,) = spec["containers"]
+        assert mounted_claim(spec, c, "/data") == "m3ed-data"      # the same OUT for the driver and every actor
+    ray = pytest.importorskip("ray")
+    assert cluster["rayVersion"] == ray.__version__
+
+
 def test_dockerfile_installs_dependencies_only_from_pyproject():
     pips = [cmd for run in instructions("RUN") for cmd in re.split(r"&&|;", run) if "pip install" in cmd]
     assert pips
     for cmd in pips:
         words = shlex.split(cmd)
         targets = [w for w in words[words.index("install") + 1:] if not w.startswith("-")]
-        assert targets and all(t == "." for t in targets), \
+        assert targets and all(t in (".", ".[ray]") for t in targets), \
             f"{cmd.strip()!r}: install the package (pyproject.toml), not a second dependency list"
+    assert any(".[ray]" in cmd for cmd in pips), "the image includes the Ray extra"
     assert not list(ROOT.glob("requirements*.txt"))
     copied = [src for args in instructions("COPY") for src in args.split()[:-1]]
     assert "pyproject.toml" in copied
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("ray") for dep in extras["ray"])
 
 
 def test_dockerfile_entry_point_user_caches_and_prefetch():

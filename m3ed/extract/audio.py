@@ -48,7 +48,7 @@ from ..locate import MediaSource
 from ..media import SAMPLE_RATE, MediaError
 from ..pipelines.stage import DialogueResult, RunContext, Stage
 from ..store import Failure
-from .batching import BatchBudget, plan_batches, restore_order
+from .batching import BatchBudget, plan_batches, restore_order, split_on_oom
 from .hf_models import ModelSpec, autocast, load_audio, model_spec
 from .text import _fingerprint
 
@@ -206,7 +206,8 @@ class AudioEncoder:
         went through :meth:`normalise` already and are only padded."""
         pieces = [p for i, wave in enumerate(waves) for p in self.pieces(i, wave)]
         batches = plan_batches([len(p.samples) for p in pieces], self.budget)
-        outputs = restore_order(batches, [self._forward([pieces[i] for i in batch], normalised) for batch in batches])
+        outputs = restore_order(batches, [split_on_oom(lambda b: self._forward([pieces[i] for i in b], normalised), batch)
+                                          for batch in batches])
         frames: list[list[np.ndarray]] = [[] for _ in waves]
         for piece, out in zip(pieces, outputs):
             frames[piece.owner].append(out[piece.keep_from: piece.keep_to])

@@ -7,10 +7,14 @@ Batches hold indices into the caller's list, so results go back to the original 
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
+
+import torch
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,3 +58,22 @@ def restore_order(batches: list[list[int]], results: list[list[T]]) -> list[T]:
         for i, result in zip(batch, batch_results):
             out[i] = result
     return out
+
+
+def split_on_oom(run: Callable[[list], list[T]], items: list) -> list[T]:
+    """``run(items)``; when the accelerator runs out of memory, each half again, down to one item.
+
+    A batch that does not fit is thus retried smaller before a dialogue fails; an item that does not
+    fit alone raises the error (and its dialogue is recorded as failed).
+    """
+    try:
+        return run(items)
+    except torch.OutOfMemoryError:
+        if len(items) <= 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(items) // 2
+        log.warning("out of accelerator memory on a batch of %d; retrying as %d + %d", len(items), half,
+                    len(items) - half)
+        return split_on_oom(run, items[:half]) + split_on_oom(run, items[half:])

@@ -38,6 +38,7 @@ from ..models.densenet_fer import FACE_SIZE, M3ED_FACE_MEAN, M3ED_FACE_STD, Dens
 from ..pipelines.stage import DialogueResult, RunContext, Stage, failed_dialogue
 from ..profiles import Profile, fetch_checkpoint, unavailable
 from ..store import Failure, FeatureReader
+from .batching import split_on_oom
 
 FRAME_SET, MEAN_SET = "denseface_frame", "denseface_mean"
 SPEAKER_FACES = "speaker_faces"
@@ -258,10 +259,15 @@ class FaceStage(Stage):
         order = list(crops)
         faces = np.stack([c for utt_id in order for c in crops[utt_id]])
         out = np.zeros((len(faces), self.model.feature_dim), np.float32)
-        for first in range(0, len(faces), self.config.batch_size):
-            x = preprocess(faces[first:first + self.config.batch_size], self.config.mean, self.config.std)
+
+        def run(rows: list[int]) -> list[np.ndarray]:
+            x = preprocess(faces[rows[0]:rows[-1] + 1], self.config.mean, self.config.std)
             with _autocast(self.device, self.precision):
-                out[first:first + len(x)] = self.model.forward_features(x.to(self.device)).float().cpu().numpy()
+                return list(self.model.forward_features(x.to(self.device)).float().cpu().numpy())
+
+        for first in range(0, len(faces), self.config.batch_size):
+            rows = list(range(first, min(first + self.config.batch_size, len(faces))))
+            out[first:first + len(rows)] = np.stack(split_on_oom(run, rows))
         result, offset = {}, 0
         for utt_id in order:
             result[utt_id] = out[offset: offset + len(crops[utt_id])]

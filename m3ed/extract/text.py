@@ -32,7 +32,7 @@ import torch
 from ..corpus import Dialogue, Utterance
 from ..pipelines.stage import DialogueResult, RunContext, Stage
 from ..store import Failure
-from .batching import BatchBudget, plan_batches, restore_order
+from .batching import BatchBudget, plan_batches, restore_order, split_on_oom
 from .hf_models import ModelSpec, autocast, load_text, model_spec, quiet_transformers
 
 log = logging.getLogger(__name__)
@@ -97,13 +97,14 @@ class TextEncoder:
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding]
         lengths = [len(ids) for ids in encoding["input_ids"]]
         batches = plan_batches(lengths, self.budget)
-        results = []
-        for batch in batches:
+
+        def run(batch: list[int]) -> list[Encoded]:
             padded = self.tokenizer.pad([{k: encoding[k][i] for k in keys} for i in batch], return_tensors="pt")
             hidden = self._forward({k: v.to(self.device) for k, v in padded.items()})
-            results.append([Encoded(hidden[j, : lengths[i]], np.asarray(encoding["special_tokens_mask"][i], bool))
-                            for j, i in enumerate(batch)])
-        return restore_order(batches, results)
+            return [Encoded(hidden[j, : lengths[i]], np.asarray(encoding["special_tokens_mask"][i], bool))
+                    for j, i in enumerate(batch)]
+
+        return restore_order(batches, [split_on_oom(run, batch) for batch in batches])
 
     def _forward(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
         # Hidden states of every layer only when a layer other than the last is asked for.
