@@ -33,7 +33,8 @@ def main() -> None:
     # 6 dialogues of 8 s with 4 utterances each, cut from the episode with 2 ffmpeg workers.
     dialogues = []
     for k in range(6):
-        utterances = tuple(Utterance(f"episode_{k}_{i + 1}", f"episode_{k}", "AB"[i % 2], 2.0 * i, 2.0 * i + 2.0) for i in range(4))
+        utterances = tuple(Utterance(f"episode_{k}_{i + 1}", f"episode_{k}", "AB"[i % 2], 2.0 * i, 2.0 * i + 2.0)
+                           for i in range(4))
         dialogues.append(Dialogue(f"episode_{k}", "episode", utterances, episode=1, start=8.0 * k, end=8.0 * k + 8.0))
     corpus = Corpus(tuple(dialogues))
     failures, cut_s = timed(lambda: cut_corpus(corpus, MediaSource(work), work / "clips", workers=2, progress=False))

@@ -97,7 +97,7 @@ def bench_audio(corpus, media, work: Path) -> dict:
     from m3ed.extract.audio import AudioConfig, AudioStage
     from m3ed.extract.hf_models import model_spec
     from m3ed.media import decode_audio, probe, write_wav
-    from m3ed.pipelines.stage import RunContext
+    from m3ed.stage import RunContext
     from m3ed.profiles import get_profile
     from m3ed.store import FeatureStore
 
@@ -151,7 +151,7 @@ def main() -> None:
     for name in ("text", "audio"):
         # A fresh process per extractor: its peak RSS is its own.
         out = subprocess.run([sys.executable, __file__, "--only", name], capture_output=True, text=True)
-        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
         if out.returncode or line is None:
             raise SystemExit(f"bench {name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
         result = json.loads(line[len("RESULT "):])

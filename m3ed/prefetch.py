@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m m3ed.prefetch",
         description="Download the weights a run of m3ed-extract with "
-                    "PROFILE loads, into HF_HOME, TORCH_HOME and M3ED_CACHE, so that the run needs no network. With HF_HUB_OFFLINE=1, hub models are only looked up in the cache.",
+                    "PROFILE loads, into HF_HOME, TORCH_HOME and M3ED_CACHE, so that the run needs no network. "
+                    "With HF_HUB_OFFLINE=1, hub models are only looked up in the cache.",
         epilog="The paper profile's DenseNet FER checkpoint is not public: pass it to m3ed-extract with "
                "--fer-checkpoint (m3ed train-fer makes one), or give its URL here to cache it.")
     parser.add_argument("profile", choices=sorted(PROFILES), help="the profile whose weights to fetch")

@@ -68,10 +68,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("M3ED_CACHE", Path.home() / ".cache" / "m3ed"))
 
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 def unavailable(what: str, name: str, how: str, cause: Exception | None = None) -> ModelUnavailable:
     """The error for a model that is neither cached nor downloadable, with the way to provide it."""
     detail = f" ({type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''})" if cause else ""
@@ -131,5 +127,6 @@ def fetch_checkpoint(url_or_path: str, what: str, option: str) -> Path:
     try:
         torch.hub.download_url_to_file(url_or_path, str(target), progress=True)
     except Exception as e:  # urllib raises many kinds; all mean "not downloadable here"
-        raise unavailable(what, url_or_path, f"download it from {url_or_path} to {target}, or pass a local file with {option} PATH", e) from e
+        how = f"download it from {url_or_path} to {target}, or pass a local file with {option} PATH"
+        raise unavailable(what, url_or_path, how, e) from e
     return target

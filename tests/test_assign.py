@@ -219,7 +219,10 @@ def aface(first: int, n: int, track_id: int, identity, demo_score, x: float = 0.
     track = Track(np.arange(first, first + n), np.tile([x, 10, x + 50, 60], (n, 1)), track_id)
     scores = np.broadcast_to(np.asarray(demo_score, np.float32), (n,)).copy()
     identity = np.asarray(identity, np.float32)
-    embeddings = np.tile(unit(identity), (n, 1)) if identity.ndim == 1 else identity / np.linalg.norm(identity, axis=1, keepdims=True)
+    if identity.ndim == 1:
+        embeddings = np.tile(unit(identity), (n, 1))
+    else:
+        embeddings = identity / np.linalg.norm(identity, axis=1, keepdims=True)
     return track, scores, embeddings
 
 

@@ -15,7 +15,7 @@ from m3ed.extract.audio import (FRAME, FT_LAST, MEAN, NO_AUDIO, AudioConfig, Aud
 from m3ed.extract.batching import BatchBudget
 from m3ed.extract.hf_models import XLSR_FEATURES, XLSR_TINY, ModelSpec, model_spec
 from m3ed.locate import MediaSource, Timing
-from m3ed.pipelines.stage import RunContext
+from m3ed.stage import RunContext
 from m3ed.profiles import ModelUnavailable, get_profile
 from m3ed.store import FeatureStore
 
@@ -139,8 +139,8 @@ def test_fine_tuned_last_step_is_the_authors_by_default(tmp_path, tiny_audio, sp
     result, = stage.process([clip], context(tmp_path, [clip]))
     stage.close()
     assert stage.feature_sets == (FRAME, MEAN, FT_LAST) and stage.ft_rule == InputRule(4.0)
-    for uid, wave in (("d1_1", speech[3200:22400]), ("d1_2", speech[8000:78400])):
-        theirs = authors_last_step(tiny_audio.name, wave)
+    for uid, samples in (("d1_1", speech[3200:22400]), ("d1_2", speech[8000:78400])):
+        theirs = authors_last_step(tiny_audio.name, samples)
         np.testing.assert_allclose(result.features[FT_LAST][uid], theirs, rtol=1e-4, atol=1e-4)
     # The rule before this fix (pad or clip the raw wave, then normalise the padded signal) is another input.
     padded_first = np.pad(speech[3200:22400], (0, 4 * 16000 - 19200))

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO
 from m3ed.corpus import Corpus, utterance_id
 
+pytestmark = pytest.mark.slow   # end to end: real processes, real models
 STAGES = "text,audio"
 
 

@@ -15,7 +15,7 @@ from m3ed.corpus import Corpus, Dialogue, Utterance
 from m3ed.extract.face import FRAME_SET, MEAN_SET, SPEAKER_FACES, FaceStage, crop_face
 from m3ed.locate import MediaSource
 from m3ed.media import ffmpeg_exe
-from m3ed.pipelines.stage import RunContext
+from m3ed.stage import RunContext
 from m3ed.profiles import ModelUnavailable, get_profile
 from m3ed.store import FeatureStore
 

@@ -12,12 +12,13 @@ import torch
 
 from m3ed.corpus import EMOTIONS
 from m3ed.extract.audio import FT_LAST, AudioConfig, AudioStage, InputRule, decode_dialogue
-from m3ed.extract.finetune import add_finetune_parser, audio_examples, load_classifier
+from m3ed.extract.finetune import audio_examples, load_classifier
+from m3ed.pipelines.finetune import add_finetune_parser
 from m3ed.extract.hf_models import model_spec
 from m3ed.extract.text import FT_CLS, TextConfig, TextEncoder, TextStage
 from m3ed.loaders import load_corpus
 from m3ed.locate import MediaSource
-from m3ed.pipelines.stage import RunContext
+from m3ed.stage import RunContext
 from m3ed.profiles import get_profile
 from m3ed.store import FeatureStore
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from m3ed.corpus import Corpus, Dialogue, Utterance, utterance_id
+from m3ed.corpus import Corpus, utterance_id
 from m3ed.files import DiskFull, sweep_temporaries
 from m3ed.lock import LockError, OutputLock
 from m3ed.media import ffmpeg_exe
@@ -51,6 +51,7 @@ def _with_video(corpus: Corpus, videos: Path) -> Corpus:
 
 
 # ---- two runs on one OUT -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_stops_at_once_naming_the_first(tmp_path, sample_corpus, sample_paths,
                                                                          models_cache):
     copies = list(_with_video(sample_corpus, sample_paths["videos"]))

@@ -12,7 +12,7 @@ from m3ed.errors import ConfigurationError
 from m3ed.pipelines.cli import extract_main, main
 from m3ed.pipelines.shard import Shard, shard_from
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _corpus(sample_corpus, videos, copies=2) -> Corpus:

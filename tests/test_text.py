@@ -153,7 +153,7 @@ def test_command_line_options_reach_the_stage(tmp_path, models_cache):
     import argparse
 
     from m3ed.locate import MediaSource
-    from m3ed.pipelines.stage import RunContext
+    from m3ed.stage import RunContext
     from m3ed.store import FeatureStore
 
     parser = argparse.ArgumentParser()

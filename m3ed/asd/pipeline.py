@@ -3,11 +3,14 @@
 Per dialogue, in named steps:
 
     locate   the dialogue's video span; decode its audio once (16 kHz)
-    pass 1   stream the frames (25 fps, native size): shot changes + MTCNN on every k-th frame
-    track    IoU tracks within shots, gaps interpolated          (m3ed.asd.track)
-    pass 2   stream the frames again: ASD crops (112x112 gray) and embedding crops (160x160 RGB,
-             every ``embed_every``-th frame of each track)        (m3ed.asd.crop)
-    score    TalkNet / Light-ASD speaking probability per track frame (m3ed.asd.score)
+    decode   stream the frames once (25 fps, native size): shot changes + MTCNN on every k-th frame;
+             the frames wait in a bounded cache (``cache_mb``) until their shot has ended
+    track    IoU tracks within each ended shot, gaps interpolated (m3ed.asd.track)
+    crop     from the cache: ASD crops (112x112 gray) and embedding crops (160x160 RGB, every
+             ``embed_every``-th frame of each track) (m3ed.asd.crop); a shot longer than the
+             cache is cropped in a second decode, the only case that decodes twice
+    score    TalkNet / Light-ASD speaking probability of the track frames inside utterances
+             (plus context; m3ed.asd.score)
     embed    identity embeddings of the embedding crops: SENet-50 or InceptionResnetV1 (m3ed.asd.embed)
     assign   the two-stage speaker assignment, authors' or strict rules (m3ed.asd.assign)
 
@@ -21,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -30,23 +35,49 @@ import numpy as np
 import torch
 
 from ..corpus import Dialogue
-from ..media import MediaError
-from ..pipelines.stage import DialogueResult, RunContext, Stage, failed_dialogue
+from ..media import FrameCache, MediaError
+from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register_stage
 from ..store import Failure, atomic_write_text
-from .assign import COLUMNS, RULE_NAMES, RULES, AssignParams, assign_speakers
+from .assign import COLUMNS, RULE_NAMES, RULES, AssignParams, assign_speakers, utterance_frames
 from .crop import TrackCrops
 from .detect import DetectionParams, Detections, FaceDetector
 from .embed import EMBEDDERS, FaceEmbedder
 from .score import ASD_MODELS, ScoreParams, build_scorer, checkpoint_provenance, dialogue_mfcc, track_scores
 from .shots import ShotDetector, ShotParams
-from .track import Track, TrackingParams, track_faces
+from .track import Track, TrackingParams, number_tracks, track_faces, track_shots
 
 log = logging.getLogger(__name__)
 
 FEATURE_SET = "speaker_faces"
 FPS = 25.0              # the ASD models' video rate (4 MFCC frames per video frame)
 CHUNK_FRAMES = 64       # frames decoded at a time (memory bound)
+CACHE_MB = 512          # decoded frames held until their shot is tracked (~185 frames of 720p, 740 of 360p)
 TRACKS_DIR = "asd"      # OUT/asd/{dialogue}.json
+
+
+def default_threads() -> int:
+    """Torch threads for the asd stage's models: the cores not already busy, at least 1.
+
+    Measured on 2 cores (README, Benchmarks): beside a busy process, two threads ran the ASD and
+    embedding models slower than one (threads wait for a core); on idle cores they help. MTCNN
+    always runs on one thread (m3ed.asd.detect)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, cores - busy)
+
+
+@contextmanager
+def torch_threads(count: int | None):
+    """Run the block with ``count`` torch threads (None: unchanged), then restore."""
+    if not count:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -64,6 +95,7 @@ class AsdConfig:
     embedder: str = "auto"             # see m3ed.asd.embed.EMBEDDERS
     embedder_checkpoint: str | None = None
     fps: float = FPS
+    cache_mb: int = CACHE_MB           # decoded frames held for cropping (memory bound; not an output setting)
 
     def __post_init__(self):
         if self.detection.every > self.tracking.max_gap:
@@ -123,30 +155,90 @@ class AsdPipeline:
     def run(self, dialogue: Dialogue, media) -> tuple[DialogueFaces, dict[str, np.ndarray]]:
         span = media.locate(dialogue)
         audio = media.audio(span)
-        faces = self.find_faces(dialogue.id, media.frames(span, fps=self.config.fps, chunk=CHUNK_FRAMES))
-        crops = self.crop(faces.tracks, media.frames(span, fps=self.config.fps, chunk=CHUNK_FRAMES))
-        faces.scores, faces.demo_scores = self.score(faces.tracks, crops, audio)
+        faces, crops = self.find_faces(dialogue.id, lambda: media.frames(span, fps=self.config.fps, chunk=CHUNK_FRAMES))
+        faces.scores, faces.demo_scores = self.score(faces.tracks, crops, audio, self.needed_frames(dialogue, faces.tracks))
         embeddings = self.embed(faces.tracks, crops)
         speaker_faces = assign_speakers(dialogue, faces.tracks, faces.scores, embeddings, self.config.fps,
                                         self.config.assign, stage1_scores=faces.demo_scores)
         return faces, speaker_faces
 
-    def find_faces(self, dialogue_id: str, chunks) -> DialogueFaces:
-        """Pass 1: shots and detections, then tracks."""
+    def find_faces(self, dialogue_id: str, decode) -> tuple[DialogueFaces, TrackCrops]:
+        """Shots, detections, tracks and crops from one decode (``decode()`` gives the frame chunks).
+
+        Frames wait in a :class:`m3ed.media.FrameCache` until their shot has ended (shot boundaries
+        never move once seen); then the shot is tracked and cropped, and its frames are dropped. A
+        shot that outgrows the cache loses its frames and is cropped in a second decode at the end.
+        The tracks equal :func:`m3ed.asd.track.track_faces` over the whole dialogue (tested).
+        """
         shots, detections = ShotDetector(self.config.shots), Detections(self.config.detection.every)
+        cache = FrameCache(self.config.cache_mb * 2 ** 20)
+        tracks: list[Track] = []
+        parts: list[TrackCrops] = []
+        late: list[Track] = []    # tracks whose frames left the cache: cropped in a second decode
+        tracked = 0               # shots tracked so far
+
+        def settle(final: bool) -> None:
+            nonlocal tracked
+            boundaries = shots.boundaries()
+            stop = len(boundaries) if final else len(boundaries) - 1   # the last shot may go on
+            if stop <= tracked:
+                return
+            new = track_shots(detections, boundaries, tracked, stop, self.config.tracking)
+            ready = [t for t in new if t.first >= cache.first]
+            late.extend(t for t in new if t.first < cache.first)
+            parts.append(self._crops_from(ready, cache))
+            tracks.extend(new)
+            tracked = stop
+            cache.drop_before(int(boundaries[stop]) if stop < len(boundaries) else cache.end)
+
+        chunks = decode()
         for chunk in chunks:
             shots.update(chunk)
             detections.add_chunk(self.detector, chunk)
+            cache.add(chunk)
+            if cache.over_limit:
+                settle(final=False)
+                if cache.over_limit:   # one shot longer than the cache
+                    cache.drop_before(cache.end)
         if detections.frame_count == 0:
             raise MediaError(f"dialogue {dialogue_id}: no video frames decoded")
-        boundaries = shots.boundaries()
-        tracks = track_faces(detections, boundaries, self.config.tracking)
-        return DialogueFaces(dialogue_id, detections.frame_count, tuple(detections.frame_size), boundaries, tracks)
+        settle(final=True)
+        if late:
+            log.info("dialogue %s: %d track(s) in shots longer than the frame cache (%d MB): decoding again",
+                     dialogue_id, len(late), self.config.cache_mb)
+            parts.append(self.crop(late, decode()))
+        tracks = number_tracks(tracks)
+        faces = DialogueFaces(dialogue_id, detections.frame_count, tuple(detections.frame_size), shots.boundaries(), tracks)
+        return faces, TrackCrops.merge(parts, tracks)
+
+    def _crops_from(self, tracks: list[Track], cache: FrameCache) -> TrackCrops:
+        crops = self._new_crops(tracks)
+        if tracks:
+            last = max(t.last for t in tracks)
+            for first, frames in cache.chunks():
+                if first > last:
+                    break
+                crops.add_chunk(frames, first=first)
+            crops.check_complete()
+        return crops
+
+    def _new_crops(self, tracks: list[Track]) -> TrackCrops:
+        return TrackCrops(tracks, self.config.embed_every, embed_size=self.embedder.input_size,
+                          embed_box=self.embedder.crop_box)
+
+    def needed_frames(self, dialogue: Dialogue, tracks: list[Track]) -> list[np.ndarray] | None:
+        """Per track, the frames whose scores assignment reads (inside an utterance); None: all."""
+        if self.config.scoring.frames == "all":
+            return None
+        frames = np.zeros(max((t.last + 1 for t in tracks), default=0), bool)
+        for u in dialogue.utterances:
+            inside = utterance_frames(u, self.config.fps)
+            frames[inside[inside < len(frames)]] = True
+        return [frames[t.first:t.last + 1] for t in tracks]
 
     def crop(self, tracks: list[Track], chunks) -> TrackCrops:
-        """Pass 2: ASD crops and embedding crops of every track."""
-        crops = TrackCrops(tracks, self.config.embed_every, embed_size=self.embedder.input_size,
-                           embed_box=self.embedder.crop_box)
+        """ASD crops and embedding crops of ``tracks`` from a stream of frame chunks from frame 0."""
+        crops = self._new_crops(tracks)
         last = max((t.last for t in tracks), default=-1)
         if last >= 0:
             for chunk in chunks:
@@ -158,11 +250,12 @@ class AsdPipeline:
         crops.check_complete()
         return crops
 
-    def score(self, tracks: list[Track], crops: TrackCrops, audio: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def score(self, tracks: list[Track], crops: TrackCrops, audio: np.ndarray,
+              needed: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per track: speaking probabilities and the demo's scores (see :func:`m3ed.asd.score.track_scores`)."""
         if not tracks:
             return [], []
-        return track_scores(self.scorer, dialogue_mfcc(audio), tracks, crops.asd, self.config.scoring)
+        return track_scores(self.scorer, dialogue_mfcc(audio), tracks, crops.asd, self.config.scoring, needed)
 
     def embed(self, tracks: list[Track], crops: TrackCrops) -> list[np.ndarray]:
         """Per track ``[len, dim]``: embeddings at the embedded positions, NaN elsewhere."""
@@ -180,12 +273,15 @@ class AsdPipeline:
         self.detector = self.scorer = self.embedder = None
 
 
+@register_stage
 class AsdStage(Stage):
     name = "asd"
     feature_sets = (FEATURE_SET,)
 
-    def __init__(self, config: AsdConfig, profile, device: str = "cpu", out_dir: str | Path | None = None):
+    def __init__(self, config: AsdConfig, profile, device: str = "cpu", out_dir: str | Path | None = None,
+                 threads: int | None = None):
         self.config = config
+        self.threads = threads   # torch threads while this stage works (None: as they are)
         self.profile = profile
         self.out_dir = Path(out_dir) if out_dir else None
         self.pipeline = AsdPipeline(config, profile, device)
@@ -208,6 +304,12 @@ class AsdStage(Stage):
                        help="frame height for face detection (0: native); boxes are in native pixels")
         g.add_argument("--asd-mode", choices=("single", "multi"), default=ScoreParams.mode,
                        help="single: one pass per track; multi: the reference's average over 1-6 s chunks (6x cost)")
+        g.add_argument("--asd-frames", choices=("utterances", "all"), default=ScoreParams.frames,
+                       help="score the track frames inside utterances (what assignment reads; single mode adds "
+                            f"{ScoreParams.context_frames} frames of context around them), or all track frames")
+        g.add_argument("--threads", type=int, default=default_threads(), metavar="N",
+                       help="torch threads of the asd stage's models (default: the cores not busy now, "
+                            "%(default)s; MTCNN always uses one)")
         g.add_argument("--embed-every", type=int, default=AsdConfig.embed_every, metavar="K",
                        help="embed every K-th frame of each face track for speaker matching (the authors: 1)")
         g.add_argument("--face-embedder", choices=EMBEDDERS, default=AsdConfig.embedder,
@@ -227,8 +329,9 @@ class AsdStage(Stage):
         config = AsdConfig(
             model=getattr(args, "asd_model", None) or context.profile.asd_model,
             checkpoint=getattr(args, "asd_checkpoint", None) or context.profile.asd_checkpoint,
-            detection=DetectionParams(every=getattr(args, "detect_every", 1), height=height or None),
-            scoring=ScoreParams(mode=getattr(args, "asd_mode", ScoreParams.mode)),
+            detection=DetectionParams(every=getattr(args, "detect_every", DetectionParams.every), height=height or None),
+            scoring=ScoreParams(mode=getattr(args, "asd_mode", ScoreParams.mode),
+                                frames=getattr(args, "asd_frames", ScoreParams.frames)),
             embed_every=getattr(args, "embed_every", AsdConfig.embed_every),
             embedder=getattr(args, "face_embedder", AsdConfig.embedder),
             embedder_checkpoint=getattr(args, "face_embedder_checkpoint", None),
@@ -237,7 +340,10 @@ class AsdStage(Stage):
         )
         if config.fps != FPS:
             raise ValueError(f"the ASD models need 25 fps video (4 MFCC frames per frame); --fps is {config.fps}")
-        return cls(config, context.profile, context.device, context.store.root)
+        threads = getattr(args, "threads", None)
+        if threads is not None and threads < 1:
+            raise ValueError(f"--threads {threads}: must be >= 1")
+        return cls(config, context.profile, context.device, context.store.root, threads=threads)
 
     def provenance(self) -> dict:
         c = self.config
@@ -255,7 +361,8 @@ class AsdStage(Stage):
     def process(self, dialogues: list[Dialogue], context: RunContext) -> Iterator[DialogueResult]:
         for dialogue in dialogues:
             try:
-                faces, speaker_faces = self.pipeline.run(dialogue, context.media)
+                with torch_threads(self.threads):
+                    faces, speaker_faces = self.pipeline.run(dialogue, context.media)
             except (MediaError, OSError) as e:
                 yield failed_dialogue(dialogue, f"asd: {e}")
                 continue

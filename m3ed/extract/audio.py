@@ -46,7 +46,7 @@ import torch
 from ..corpus import Dialogue
 from ..locate import MediaSource
 from ..media import SAMPLE_RATE, MediaError
-from ..pipelines.stage import DialogueResult, RunContext, Stage
+from ..stage import DialogueResult, RunContext, Stage, register_stage
 from ..store import Failure
 from .batching import BatchBudget, plan_batches, restore_order, split_on_oom
 from .hf_models import ModelSpec, autocast, load_audio, model_spec
@@ -276,6 +276,7 @@ def _option(args: argparse.Namespace, name: str, default):
     return default if value is None else value
 
 
+@register_stage
 class AudioStage(Stage):
     name = "audio"
     feature_sets = (FRAME, MEAN)

@@ -35,7 +35,7 @@ from ..asd.assign import COLUMNS
 from ..corpus import Dialogue
 from ..media import MediaError
 from ..models.densenet_fer import FACE_SIZE, M3ED_FACE_MEAN, M3ED_FACE_STD, DenseNetFER, preprocess
-from ..pipelines.stage import DialogueResult, RunContext, Stage, failed_dialogue
+from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register_stage
 from ..profiles import Profile, fetch_checkpoint, unavailable
 from ..store import Failure, FeatureReader
 from .batching import split_on_oom
@@ -135,6 +135,7 @@ def square_crop(frame_rgb: np.ndarray, box: np.ndarray, scale: float = DEFAULT_C
     return cv2.resize(patch, (FACE_SIZE, FACE_SIZE), interpolation=interpolation)
 
 
+@register_stage
 class FaceStage(Stage):
     name = "visual"
     feature_sets = (FRAME_SET, MEAN_SET)
@@ -187,7 +188,8 @@ class FaceStage(Stage):
         return {"model": "densenet-bc-100-fer", "checkpoint": Path(c.checkpoint).name if c.checkpoint else None,
                 "checkpoint_sha256": self._checkpoint_sha,
                 "random_seed": None if c.checkpoint else c.seed, "mean": c.mean, "std": c.std,
-                "crop": c.crop, "crop_scale": c.crop_scale if c.crop == "square" else None, "fps": self.fps, "speaker_faces": self.speaker_faces_hash,
+                "crop": c.crop, "crop_scale": c.crop_scale if c.crop == "square" else None, "fps": self.fps,
+                "speaker_faces": self.speaker_faces_hash,
                 "precision": self.precision if self.device.type == "cuda" else "fp32"}
 
     def attrs(self, feature_set: str) -> dict:

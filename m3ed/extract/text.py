@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..corpus import Dialogue, Utterance
-from ..pipelines.stage import DialogueResult, RunContext, Stage
+from ..stage import DialogueResult, RunContext, Stage, register_stage
 from ..store import Failure
 from .batching import BatchBudget, plan_batches, restore_order, split_on_oom
 from .hf_models import ModelSpec, autocast, load_text, model_spec, quiet_transformers
@@ -148,6 +148,7 @@ def _fingerprint(directory: str | None) -> dict | None:
     return {"path": str(Path(directory).resolve()), "sha256": digest.hexdigest()[:16]}
 
 
+@register_stage
 class TextStage(Stage):
     name = "text"
     feature_sets = (FRAME, MEAN)

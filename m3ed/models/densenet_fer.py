@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from m3ed.models.checkpoint import load_checkpoint_file, load_state_dict_strict
+from .checkpoint import load_checkpoint_file, load_state_dict_strict
 
 __all__ = [
     "FACE_SIZE",

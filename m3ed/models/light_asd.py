@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3ed.models.checkpoint import load_checkpoint_file, load_state_dict_strict
-from m3ed.models.talknet import AudioVisualASD, ScoreHead, normalise_face_pixels
+from .checkpoint import load_checkpoint_file, load_state_dict_strict
+from .talknet import AudioVisualASD, ScoreHead, normalise_face_pixels
 
 __all__ = ["LightASD"]
 

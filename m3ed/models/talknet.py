@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3ed.models.checkpoint import load_checkpoint_file, load_state_dict_strict
+from .checkpoint import load_checkpoint_file, load_state_dict_strict
 
 __all__ = [
     "FACE_PIXEL_MEAN",

@@ -26,7 +26,7 @@ from ..stats import format_tables, split_stats
 from ..store import FeatureStore
 from ..timecode import DEFAULT_FPS
 from ..validate import validate
-from .stage import STAGE_ORDER, STAGES, RunContext, stage_class
+from ..stage import RunContext, stage_names, stage_registry
 
 log = logging.getLogger("m3ed")
 
@@ -55,7 +55,8 @@ def add_media_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--video-pattern", help="file name pattern inside --videos, e.g. '{show}/{episode:02d}.mkv' "
                    "(fields: show, episode, dialogue, ext); common layouts are tried after it")
     g.add_argument("--dialogue-offset-frames", type=int, default=Timing.dialogue_offset_frames,
-                   help="frames added to dialogue timecodes when cutting from episodes (default %(default)s, as the authors' release)")
+                   help="frames added to dialogue timecodes when cutting from episodes "
+                        "(default %(default)s, as the authors' release)")
     g.add_argument("--audio-shift", type=float, default=Timing.audio_shift,
                    help="seconds added to utterance times for audio (default %(default)s, as the authors' release)")
 
@@ -114,14 +115,16 @@ def build_extract_parser(parser: argparse.ArgumentParser | None = None) -> argpa
     add_media_arguments(parser)
     g = parser.add_argument_group("run")
     g.add_argument("--out", type=Path, default=Path("m3ed_features"), help="output directory (default: %(default)s)")
-    g.add_argument("--stages", default=",".join(STAGE_ORDER),
-                   help=f"comma-separated, from {', '.join(STAGE_ORDER)} (default: all)")
+    g.add_argument("--stages", default=",".join(stage_names()),
+                   help=f"comma-separated, from {', '.join(stage_names())} (default: all)")
     g.add_argument("--profile", choices=sorted(PROFILES), default="paper",
                    help="model weights: paper (released weights), paper-random (same sizes, random weights: "
                         "benchmarks), tiny (small random models: tests and the offline demo); default: %(default)s")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision on CUDA (default: %(default)s)")
-    g.add_argument("--cut-workers", type=int, default=2, help="parallel ffmpeg processes for the cut stage (default: %(default)s)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast precision on CUDA (default: %(default)s)")
+    g.add_argument("--cut-workers", type=int, default=2,
+                   help="parallel ffmpeg processes for the cut stage (default: %(default)s)")
     g.add_argument("--keep-parts", action="store_true", help="keep per-dialogue part files after publishing")
     g.add_argument("--overhang", choices=OVERHANG_POLICIES, default="fail",
                    help="an utterance that runs past its dialogue's end: fail (recorded in failures.jsonl; "
@@ -138,18 +141,18 @@ def build_extract_parser(parser: argparse.ArgumentParser | None = None) -> argpa
                    "(a Kubernetes Indexed Job)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_debug_argument(parser)
-    for name in STAGE_ORDER:
-        if name in STAGES:
-            stage_class(name).add_arguments(parser)
+    for stage in stage_registry().values():
+        stage.add_arguments(parser)
     return parser
 
 
 def run_extract(args: argparse.Namespace) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGE_ORDER]
+    order = stage_names()
+    unknown = [s for s in stages if s not in order]
     if unknown:
-        raise ConfigurationError(f"--stages: unknown {unknown}; choose from {', '.join(STAGE_ORDER)}")
-    stages = [s for s in STAGE_ORDER if s in stages]  # dependencies run first (asd before visual)
+        raise ConfigurationError(f"--stages: unknown {unknown}; choose from {', '.join(order)}")
+    stages = [s for s in order if s in stages]  # dependencies run first (asd before visual)
     corpus = load_corpus_from_args(args)
     args.device = args.device or default_device()
     profile = get_profile(args.profile)
@@ -313,7 +316,7 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 # Subcommands contributed by other modules: (module, function adding the subparser).
 SUBCOMMANDS = (
-    ("m3ed.extract.finetune", "add_finetune_parser"),
+    ("m3ed.pipelines.finetune", "add_finetune_parser"),
     ("m3ed.pipelines.faces", "add_faces_parser"),
     ("m3ed.pipelines.viz", "add_viz_parser"),
     ("m3ed.pipelines.train_fer", "add_train_fer_parser"),

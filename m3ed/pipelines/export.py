@@ -37,9 +37,9 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from m3ed.corpus import EMOTIONS, Corpus
-from m3ed.models.data import MODALITIES, MODALITY_NAMES, DialogueData, parse_features_map
-from m3ed.store import FeatureReader, FeatureStore
+from ..corpus import EMOTIONS, Corpus
+from ..models.data import MODALITIES, MODALITY_NAMES, DialogueData, parse_features_map
+from ..store import FeatureReader, FeatureStore
 
 __all__ = ["FORMATS", "add_export_parser", "check_pickle_portable", "export"]
 

@@ -32,7 +32,7 @@ from ..screening import Screening, refused_dialogues, screen_times
 from ..store import Failure, FeatureStore, config_hash, dialogue_hash
 from .cut import cut_corpus
 from .shard import Shard
-from .stage import DialogueResult, RunContext, Stage, failed_dialogue, stage_class
+from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, stage_class
 
 # Errors that concern the whole run, not one dialogue: they stop it instead of being recorded.
 FATAL = (ConfigurationError, DiskFull, LockError)
@@ -427,7 +427,8 @@ def _merge_locked(store: FeatureStore, corpus: Corpus, records: list[dict], coun
                 missing.setdefault(f"{owner[d.id]}/{count}", []).append(f"{fs}:{d.id}")
     if missing:
         lines = "; ".join(f"shard {s} ({'finished' if s in finished else 'not finished'}): "
-                          f"{', '.join(sorted({m.split(':', 1)[1] for m in items})[:10])}" for s, items in sorted(missing.items()))
+                          f"{', '.join(sorted({m.split(':', 1)[1] for m in items})[:10])}"
+                          for s, items in sorted(missing.items()))
         raise ConfigurationError(f"{store.root}: not every dialogue is finished yet: {lines}. Run those shards "
                                  f"(m3ed-extract --shard I/N ...) and merge again")
     screening = Screening(refused=refused, clipped={u: tuple(v) for r in records for u, v in r.get("clipped", {}).items()})

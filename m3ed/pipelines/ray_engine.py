@@ -16,7 +16,7 @@ import secrets
 from typing import Iterator
 
 from ..errors import ConfigurationError
-from .stage import RunContext, stage_class
+from ..stage import RunContext, stage_class
 
 RESTARTS = 3   # restarts of a dead actor (and retries of its group) before the run gives up
 

@@ -47,7 +47,8 @@ def add_viz_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("viz-asd", help="render a dialogue with its face tracks, ASD scores and chosen speaker faces")
     p.add_argument("dialogue", help="dialogue id")
     p.add_argument("--features", type=Path, required=True, metavar="OUT", help="output directory of m3ed-extract (asd stage run)")
-    p.add_argument("--videos", type=Path, help="folder of episode videos or dialogue clips (default: the one the run used, from OUT/run.json)")
+    p.add_argument("--videos", type=Path,
+                   help="folder of episode videos or dialogue clips (default: the one the run used, from OUT/run.json)")
     p.add_argument("--video-pattern", help="file name pattern inside --videos (see m3ed-extract --help)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.mp4")
     p.set_defaults(func=run_viz)
@@ -157,7 +158,8 @@ def _draw_frame(image: np.ndarray, faces, chosen: np.ndarray | None, caption: tu
         colour = GREEN if prob >= 0.5 else RED
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
-        cv2.putText(image, f"#{track_id} {prob:.2f}", (x1, max(y1 - 5, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        cv2.putText(image, f"#{track_id} {prob:.2f}", (x1, max(y1 - 5, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1,
+                    cv2.LINE_AA)
     if chosen is not None:
         x1, y1, x2, y2 = (int(round(v)) for v in chosen[_BOX])
         stage = int(chosen[_STAGE])

@@ -1,5 +1,8 @@
 """What an extraction stage is, and the registry that finds stages by name.
 
+This contract sits below the stages (``m3ed.extract``, ``m3ed.asd``) and the runner that drives
+them (``m3ed.pipelines``). A stage class joins the registry with ``@register_stage``.
+
 A stage turns dialogues into features. The runner (:mod:`m3ed.pipelines.extract`) hands it fixed
 groups of consecutive dialogues (``group_size``), so that it can batch across dialogues; the group
 boundaries never depend on what is already done, so a resumed run computes exactly what an
@@ -15,10 +18,10 @@ from typing import ClassVar, Iterator
 
 import numpy as np
 
-from ..corpus import Corpus, Dialogue
-from ..locate import MediaSource
-from ..profiles import Profile
-from ..store import Failure, FeatureStore
+from .corpus import Corpus, Dialogue
+from .locate import MediaSource
+from .profiles import Profile
+from .store import Failure, FeatureStore
 
 
 @dataclass
@@ -62,8 +65,8 @@ class Stage:
         """Check, before any work, that the stage's models can be had; raise
         :class:`m3ed.profiles.ModelUnavailable` (a configuration error) when they cannot.
         By default: the Hugging Face model of ``config.model`` (the text and audio stages)."""
-        from ..extract.hf_models import ModelSpec
-        from ..profiles import check_pretrained
+        from .extract.hf_models import ModelSpec
+        from .profiles import check_pretrained
 
         spec = getattr(getattr(self, "config", None), "model", None)
         if isinstance(spec, ModelSpec):
@@ -85,22 +88,38 @@ class Stage:
         """Release models (one large model resident at a time)."""
 
 
-# name -> "module:Class"; imported on demand so that `m3ed --help` stays fast.
-STAGES: dict[str, str] = {
-    "text": "m3ed.extract.text:TextStage",
-    "audio": "m3ed.extract.audio:AudioStage",
-    "asd": "m3ed.asd.pipeline:AsdStage",
-    "visual": "m3ed.extract.face:FaceStage",
-}
-# "cut" writes clips for other tools rather than features; the runner calls it directly.
-STAGE_ORDER = ("cut", "text", "audio", "asd", "visual")
+_REGISTRY: dict[str, type[Stage]] = {}
+# The built-in stages, imported on demand so that `m3ed --help` stays fast. Their order is the run
+# order; a stage's ``needs`` must come before it.
+BUILTIN_STAGE_MODULES = ("m3ed.extract.text", "m3ed.extract.audio", "m3ed.asd.pipeline", "m3ed.extract.face")
+CUT = "cut"   # writes clips for other tools rather than features; the runner calls it directly
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a stage available by its ``name`` (``--stages``, the runner)."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"two stages are named {cls.name!r}: {_REGISTRY[cls.name].__module__} and {cls.__module__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def stage_registry() -> dict[str, type[Stage]]:
+    """Every registered stage, in run order."""
+    for module in BUILTIN_STAGE_MODULES:
+        importlib.import_module(module)
+    return dict(_REGISTRY)
+
+
+def stage_names() -> tuple[str, ...]:
+    """What ``--stages`` accepts, in run order."""
+    return (CUT, *stage_registry())
 
 
 def stage_class(name: str) -> type[Stage]:
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; choose from {', '.join(STAGE_ORDER)}")
-    module, _, cls = STAGES[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    registry = stage_registry()
+    if name not in registry:
+        raise ValueError(f"unknown stage {name!r}; choose from {', '.join(stage_names())}")
+    return registry[name]
 
 
 def failed_dialogue(dialogue: Dialogue, error: BaseException | str) -> DialogueResult:
