@@ -104,10 +104,16 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 
 def stage_registry() -> dict[str, type[Stage]]:
-    """Every registered stage, in run order."""
+    """Every registered stage, in run order: the built-in ones as listed, then others as registered
+    (whatever order modules happened to be imported in)."""
     for module in BUILTIN_STAGE_MODULES:
         importlib.import_module(module)
-    return dict(_REGISTRY)
+
+    def rank(cls: type[Stage]) -> int:
+        builtin = cls.__module__ in BUILTIN_STAGE_MODULES
+        return BUILTIN_STAGE_MODULES.index(cls.__module__) if builtin else len(BUILTIN_STAGE_MODULES)
+
+    return {cls.name: cls for cls in sorted(_REGISTRY.values(), key=rank)}
 
 
 def stage_names() -> tuple[str, ...]:
