@@ -1,20 +1,19 @@
 # make demo  - create .venv, install, run the whole pipeline on the bundled sample (tiny models, offline)
 # make test  - create .venv, install, run the test suite
+# make lint  - ruff over the package, tests and benchmarks
 # make bench - throughput benchmarks with paper-size random-weight models (writes bench/results.json)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := out/demo
-# Real ASD weights make the demo's speaker faces meaningful; random weights find no speaker, honestly.
-# Point LIGHT_ASD_WEIGHTS at Light-ASD's released finetuning_TalkSet.model (used when the file exists).
-LIGHT_ASD_WEIGHTS ?= ../shared/reference/weights/light_asd_finetuning_TalkSet.model
-ASD_OPTIONS := $(if $(wildcard $(LIGHT_ASD_WEIGHTS)),--asd-model light-asd --asd-checkpoint $(LIGHT_ASD_WEIGHTS),)
+# Real ASD weights in the box: Light-ASD's released checkpoint ships in m3ed/weights (MIT, sha256-checked).
+ASD_OPTIONS := --asd-model light-asd
 # The demo and the tests never reach a model hub.
 export HF_HUB_OFFLINE := 1
 export M3ED_CACHE ?= $(CURDIR)/.cache/m3ed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,14 +26,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/m3ed finetune text --profile tiny --out $(DEMO)/finetune/text --epochs 1 --no-progress
 	$(BIN)/m3ed finetune audio --profile tiny --out $(DEMO)/finetune/audio --epochs 1 --no-progress
-	$(BIN)/m3ed-extract --profile tiny --out $(DEMO) --device cpu $(ASD_OPTIONS) \
+	$(BIN)/m3ed-extract --profile tiny --out $(DEMO) --device cpu $(ASD_OPTIONS) --no-report \
 		--text-finetuned $(DEMO)/finetune/text --audio-finetuned $(DEMO)/finetune/audio
 	$(BIN)/m3ed viz-asd sampleshow_1 --features $(DEMO) --out $(DEMO)/sampleshow_1_asd.mp4
 	$(BIN)/m3ed train --features $(DEMO) --model mdi --modalities l,a,v --epochs 3 --seeds 0 --out $(DEMO)/train
 	$(BIN)/m3ed stats --json $(DEMO)/stats.json
+	$(BIN)/m3ed report $(DEMO)   # last: the report covers the whole demo and prints its path
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check m3ed tests bench samples
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_extract.py
