@@ -42,9 +42,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_extract.py
 	$(BIN)/python bench/bench_asd.py
+	$(BIN)/python bench/bench_asd_agreement.py
 	$(BIN)/python bench/bench_visual.py
 	$(BIN)/python bench/bench_cut.py
 	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_pipeline.py   # last: prints the end-to-end table
 
 clean:
 	rm -rf $(VENV) out .cache .pytest_cache

@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from .corpus import Dialogue, Utterance
+from .timecode import DEFAULT_FPS
 from .media import SAMPLE_RATE, MediaError, MediaInfo, decode_audio, iter_frames, probe
 
 VIDEO_EXTENSIONS = ("mp4", "mkv", "rmvb", "avi", "mov", "webm", "flv")
@@ -37,7 +38,7 @@ class Timing:
     ``audio_shift``: they cut utterance audio 50 ms later than the annotated times.
     """
 
-    fps: float = 25.0
+    fps: float = DEFAULT_FPS
     dialogue_offset_frames: int = 1
     audio_shift: float = 0.05
 

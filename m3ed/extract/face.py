@@ -20,7 +20,6 @@ use random weights from ``profile.seed`` (meaningless features, real cost).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -33,11 +32,13 @@ import torch
 
 from ..asd.assign import COLUMNS
 from ..corpus import Dialogue
+from ..device import autocast
 from ..media import MediaError
 from ..models.densenet_fer import FACE_SIZE, M3ED_FACE_MEAN, M3ED_FACE_STD, DenseNetFER, preprocess
 from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register_stage
 from ..profiles import Profile, fetch_checkpoint, unavailable
 from ..store import Failure, FeatureReader
+from ..timecode import DEFAULT_FPS
 from .batching import split_on_oom
 
 FRAME_SET, MEAN_SET = "denseface_frame", "denseface_mean"
@@ -141,7 +142,7 @@ class FaceStage(Stage):
     feature_sets = (FRAME_SET, MEAN_SET)
     needs = ("asd",)   # reads the speaker faces the asd stage published
 
-    def __init__(self, config: FaceConfig, device: str = "cpu", fps: float = 25.0,
+    def __init__(self, config: FaceConfig, device: str = "cpu", fps: float = DEFAULT_FPS,
                  speaker_faces_hash: str | None = None, precision: str = "fp32"):
         self.config = config
         self.device = torch.device(device)
@@ -264,7 +265,7 @@ class FaceStage(Stage):
 
         def run(rows: list[int]) -> list[np.ndarray]:
             x = preprocess(faces[rows[0]:rows[-1] + 1], self.config.mean, self.config.std)
-            with _autocast(self.device, self.precision):
+            with autocast(self.device, self.precision):
                 return list(self.model.forward_features(x.to(self.device)).float().cpu().numpy())
 
         for first in range(0, len(faces), self.config.batch_size):
@@ -279,15 +280,6 @@ class FaceStage(Stage):
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
 
-
-def _autocast(device: torch.device, precision: str):
-    """Mixed precision on CUDA only (``precision`` "bf16" or "fp16"); fp32 elsewhere."""
-    if precision == "fp32" or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision {precision!r}: choose fp32, bf16 or fp16")
-    return torch.autocast("cuda", dtype=dtypes[precision])
 
 
 def open_speaker_faces(context: RunContext) -> FeatureReader:

@@ -25,6 +25,7 @@ from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, AutoToken
                           BertTokenizer, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC)
 
 from ..media import SAMPLE_RATE
+from ..device import autocast  # noqa: F401  (the text and audio stages' precision)
 from ..profiles import Profile, cache_dir, load_pretrained
 
 # hfl/chinese-roberta-wwm-ext: a BERT (not a RoBERTa) architecture with a character-level vocabulary.
@@ -177,12 +178,3 @@ def load_audio(spec: ModelSpec, option: str = "--audio-model"):
                          f"the pipeline decodes at {SAMPLE_RATE} Hz")
     return features, model.eval()
 
-
-def autocast(device: str, precision: str):
-    """Mixed precision on CUDA only (``precision`` "bf16" or "fp16"); fp32 elsewhere."""
-    if precision == "fp32" or not str(device).startswith("cuda"):
-        return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision {precision!r}: choose fp32, bf16 or fp16")
-    return torch.autocast("cuda", dtype=dtypes[precision])

@@ -93,12 +93,6 @@ def media_from_args(args: argparse.Namespace) -> MediaSource:
     return MediaSource(args.videos, args.video_pattern, timing)
 
 
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 # ---- m3ed-extract -------------------------------------------------------------------------------
 def build_extract_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
@@ -154,6 +148,8 @@ def run_extract(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--stages: unknown {unknown}; choose from {', '.join(order)}")
     stages = [s for s in order if s in stages]  # dependencies run first (asd before visual)
     corpus = load_corpus_from_args(args)
+    from ..device import default_device
+
     args.device = args.device or default_device()
     profile = get_profile(args.profile)
     context = RunContext(corpus=corpus, media=media_from_args(args), store=FeatureStore(args.out),
@@ -317,7 +313,7 @@ def _run_validate(args: argparse.Namespace) -> int:
 # Subcommands contributed by other modules: (module, function adding the subparser).
 SUBCOMMANDS = (
     ("m3ed.pipelines.finetune", "add_finetune_parser"),
-    ("m3ed.pipelines.faces", "add_faces_parser"),
+    ("m3ed.pipelines.track_faces", "add_faces_parser"),
     ("m3ed.pipelines.viz", "add_viz_parser"),
     ("m3ed.pipelines.train_fer", "add_train_fer_parser"),
     ("m3ed.pipelines.train", "add_train_parser"),

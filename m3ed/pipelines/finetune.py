@@ -6,10 +6,9 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from ..extract.finetune import (DEFAULTS, PAPER_WEIGHTED_F1, FinetuneConfig, Split, Trainer, audio_examples, format_table,
                                 input_rule, receptive_field, text_examples)
+from ..device import default_device
 from ..profiles import PROFILES
 from .cli import add_corpus_arguments, add_media_arguments, load_corpus_from_args, media_from_args
 
@@ -20,7 +19,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     config = FinetuneConfig(
         modality=modality, out=args.out, profile=args.profile, model=args.model, epochs=args.epochs,
         lr=args.lr or DEFAULTS[modality]["lr"], batch_size=args.batch_size or DEFAULTS[modality]["batch_size"],
-        class_weighted=args.class_weighted, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        class_weighted=args.class_weighted, device=args.device or default_device(),
         max_steps=args.max_steps, audio_ft_seconds=args.audio_ft_seconds, max_seconds=args.max_seconds,
         seed=args.seed, progress=not args.no_progress)
     started = time.perf_counter()

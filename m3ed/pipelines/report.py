@@ -38,6 +38,7 @@ from ..asd.assign import COLUMNS, RULE_NAMES
 from ..asd.pipeline import FEATURE_SET as SPEAKER_FACES, tracks_path
 from ..corpus import EMOTIONS, SPLITS, Corpus, Dialogue
 from ..stats import split_stats
+from ..timecode import DEFAULT_FPS
 from ..store import Failure, FeatureReader, FeatureStore, atomic_write_text
 from .inspect_h5 import summarize_file
 from .viz import FONT_CANDIDATES
@@ -170,7 +171,7 @@ def asd_section(out_dir: Path, corpus: Corpus, plots: "Plots") -> tuple[dict, li
     figures, per_dialogue = [], {}
     total = Counter()
     with FeatureReader.open(out_dir, SPEAKER_FACES) as reader:
-        fps = float(reader.attrs.get("frame_rate", 25.0))
+        fps = float(reader.attrs.get("frame_rate", DEFAULT_FPS))
         for dialogue in corpus:
             arrays = {u.id: reader[u.id] for u in dialogue.utterances if u.id in reader}
             if not arrays:
@@ -318,7 +319,8 @@ class Plots:
         rows = np.concatenate(list(arrays.values()))
         tracks = sorted({int(t) for t in rows[:, _TRACK] if t >= 0})
         level = {t: i + 1 for i, t in enumerate(tracks)}
-        palette = {key: f"C{i}" for i, key in enumerate(sorted(dialogue.speakers) or sorted({u.speaker for u in dialogue.utterances}))}
+        speakers = sorted(dialogue.speakers) or sorted({u.speaker for u in dialogue.utterances})
+        palette = {key: f"C{i}" for i, key in enumerate(speakers)}
 
         def draw(fig):
             ax = fig.subplots()

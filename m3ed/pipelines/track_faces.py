@@ -16,9 +16,9 @@ from ..asd.detect import DetectionParams, Detections, FaceDetector
 from ..asd.shots import ShotDetector, ShotParams
 from ..asd.track import TrackingParams, track_faces
 from ..media import iter_frames, probe
+from ..timecode import DEFAULT_FPS
 from ..store import atomic_write_text
 
-FPS = 25.0
 
 
 def add_faces_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,12 +48,12 @@ def run_faces(args: argparse.Namespace) -> int:
     detector = FaceDetector(detection, args.device)
     shots, detections = ShotDetector(shot_params), Detections(detection.every)
     started = time.perf_counter()
-    for chunk in iter_frames(args.video, args.start, end, FPS, info=info):
+    for chunk in iter_frames(args.video, args.start, end, DEFAULT_FPS, info=info):
         shots.update(chunk)
         detections.add_chunk(detector, chunk)
     seconds = time.perf_counter() - started
     tracks = track_faces(detections, shots.boundaries(), tracking)
-    record = {"video": str(args.video), "start": args.start, "end": end, "fps": FPS,
+    record = {"video": str(args.video), "start": args.start, "end": end, "fps": DEFAULT_FPS,
               "frame_count": detections.frame_count, "frame_height": info.height, "frame_width": info.width,
               "detection": asdict(detection), "tracking": asdict(tracking), "shots_params": asdict(shot_params),
               "shots": shots.boundaries().tolist(), "tracks": [t.to_dict() for t in tracks]}
@@ -64,7 +64,7 @@ def run_faces(args: argparse.Namespace) -> int:
           f"({len(detections.faces) / max(seconds, 1e-9):.1f} frames/s), {len(tracks)} track(s)")
     for t in tracks:
         side = (t.boxes[:, 2:] - t.boxes[:, :2]).max(axis=1).mean()
-        print(f"  track {t.track_id}: frames {t.first}-{t.last} ({len(t) / FPS:.2f} s, shot {t.shot}), "
+        print(f"  track {t.track_id}: frames {t.first}-{t.last} ({len(t) / DEFAULT_FPS:.2f} s, shot {t.shot}), "
               f"mean face {side:.0f} px, {int(t.detected.sum())} detections")
     print(f"tracks written to {args.json}")
     return 0

@@ -30,9 +30,9 @@ from ..corpus import Corpus, Dialogue
 from ..locate import MediaSource
 from ..media import MediaError, ffmpeg_exe
 from ..store import FeatureReader
+from ..timecode import DEFAULT_FPS
 from .extract import media_of_run
 
-FPS = 25.0
 FONT_CANDIDATES = (
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
@@ -76,7 +76,7 @@ def render(dialogue: Dialogue, out_dir: Path, media: MediaSource, target: Path) 
     process = None
     try:
         index = 0
-        for chunk in media.frames(span, fps=FPS):
+        for chunk in media.frames(span, fps=DEFAULT_FPS):
             if process is None:
                 process = _encoder(chunk.shape[2], chunk.shape[1], span, tmp)
             for frame in chunk:
@@ -100,7 +100,7 @@ def render(dialogue: Dialogue, out_dir: Path, media: MediaSource, target: Path) 
 
 def _encoder(width: int, height: int, span, tmp: Path) -> subprocess.Popen:
     cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-           "-r", str(FPS), "-i", "-", "-ss", f"{span.start:.6f}", "-t", f"{span.duration:.6f}", "-i", str(span.path),
+           "-r", str(DEFAULT_FPS), "-i", "-", "-ss", f"{span.start:.6f}", "-t", f"{span.duration:.6f}", "-i", str(span.path),
            "-map", "0:v", "-map", "1:a?", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
            "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", "-movflags", "+faststart", str(tmp)]
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -137,7 +137,7 @@ def _captions(dialogue: Dialogue) -> dict[int, tuple[str, str]]:
         name = dialogue.speaker_name(u.speaker)
         plain = f"{u.id}  {u.speaker}  [{u.emotion or '-'}]"
         full = f"{u.id}  {u.speaker}" + (f" ({name})" if name != u.speaker else "") + f"  [{u.emotion or '-'}]  {u.text}"
-        for frame in range(int(np.ceil(u.start * FPS)), int(np.ceil(u.end * FPS))):
+        for frame in range(int(np.ceil(u.start * DEFAULT_FPS)), int(np.ceil(u.end * DEFAULT_FPS))):
             out[frame] = (plain, full)
     return out
 
