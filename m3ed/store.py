@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from . import __version__
+from .catalogue import spec as catalogue_spec
 from .corpus import Corpus, Dialogue, dialogue_to_dict
 from .files import DiskFull, atomic_path, atomic_write_text, is_disk_full, quiet_disk_full_cleanup
 
@@ -132,6 +133,7 @@ class FeatureStore:
         if bad:
             raise ValueError(f"dialogue {dialogue_id}: utterance id {bad[0]!r} cannot be an HDF5 key "
                              f"(no '/' allowed); rename it in the annotations")
+        _check_arrays(feature_set, dialogue_id, arrays)
         path = self.part_path(feature_set, dialogue_id)
         size = sum(np.asarray(a).size * 4 for a in arrays.values())
         with atomic_path(path, size_hint=size) as tmp, _h5_writing(tmp, size) as h5:
@@ -231,10 +233,15 @@ class FeatureStore:
                     held[dialogue.id] = dialogue_hashes[dialogue.id]
             if not len(out):
                 raise _NothingToPublish
+            if len(dims) > 1:   # parts of one set must agree: a mixed file would break every reader
+                raise ValueError(f"{path}: the parts hold arrays of sizes {sorted(dims)}; they come from different "
+                                 f"models or options. Remove {self.parts_dir / feature_set} and re-run")
             extra = {"dialogue_hashes": held} if dialogue_hashes is not None else {}
+            known = catalogue_spec(feature_set)
             _set_attrs(out, {
                 "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "feature_set": feature_set,
-                "package_version": __version__, "dim": max(dims) if dims else 0, **attrs, **extra,
+                "package_version": __version__, "dim": dims.pop() if dims else 0,
+                **(known.attrs() if known else {}), **attrs, **extra,
             })
 
     def published_dialogues(self, feature_set: str, config: str | None) -> dict[str, str]:
@@ -343,6 +350,19 @@ class _h5_writing:
                 gc.collect()   # h5py objects of the failed file complain as they go; now, quietly
         if full:
             raise _enospc(error) from error   # atomic_path turns it into DiskFull naming the target
+
+
+def _check_arrays(feature_set: str, dialogue_id: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Every array of a known set has its level's axes, and one dialogue's arrays share one size."""
+    known = catalogue_spec(feature_set)
+    dims = set()
+    for key, array in arrays.items():
+        shape = np.shape(array)
+        if known:
+            known.check(key, shape)
+        dims.add(shape[-1] if shape else 1)
+    if len(dims) > 1:
+        raise ValueError(f"{feature_set}: dialogue {dialogue_id}: arrays of different sizes {sorted(dims)}")
 
 
 def _enospc(error) -> OSError:

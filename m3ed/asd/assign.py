@@ -42,8 +42,9 @@ from typing import Literal, Protocol, Sequence
 import numpy as np
 
 from ..corpus import Dialogue, Utterance
+from ..catalogue import SPEAKER_FACE_COLUMNS
 
-COLUMNS: tuple[str, ...] = ("frame", "track", "x1", "y1", "x2", "y2", "asd_prob", "stage", "similarity")
+COLUMNS: tuple[str, ...] = SPEAKER_FACE_COLUMNS   # named once, in the feature-set catalogue
 RULES = ("authors", "strict")
 
 

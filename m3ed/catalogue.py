@@ -1,0 +1,61 @@
+"""Every feature set the pipeline writes, named once: modality, level, size and rate.
+
+The stages write them, the store checks every part against its entry (an utterance-level set holds
+``[D]`` arrays, a frame-level set ``[T, D]``; one ``D`` throughout a file), and downstream training,
+the exports and ``m3ed make-synthetic`` read names and sizes from here. ``dim`` is the size with the
+paper's models; other models (the ``tiny`` profile, a user's checkpoint) give their own, recorded
+in each file's ``dim`` attribute.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .timecode import DEFAULT_FPS
+
+MODALITIES = ("text", "audio", "visual", "asd")
+LEVELS = ("utterance", "frame")
+
+
+@dataclass(frozen=True)
+class FeatureSetSpec:
+    name: str
+    modality: str            # one of MODALITIES
+    level: str               # "utterance": [D] per utterance; "frame": [T, D]
+    dim: int                 # D with the paper's models
+    frame_rate: float | None = None   # frames per second for frame-level sets (None: tokens)
+    dtype: str = "float32"
+
+    @property
+    def ndim(self) -> int:
+        return 1 if self.level == "utterance" else 2
+
+    def check(self, key: str, shape: tuple[int, ...]) -> None:
+        """Raise when an array of this set has the wrong number of axes."""
+        if len(shape) != self.ndim:
+            want = "[D]" if self.level == "utterance" else "[T, D]"
+            raise ValueError(f"{self.name}/{key}: an array of shape {list(shape)}; this {self.level}-level set "
+                             f"holds {want} arrays")
+
+    def attrs(self) -> dict:
+        return {"modality": self.modality, "level": self.level,
+                **({"frame_rate": self.frame_rate} if self.frame_rate else {})}
+
+
+# The columns of speaker_faces, one row per utterance frame (see m3ed.asd.assign for their meaning).
+SPEAKER_FACE_COLUMNS: tuple[str, ...] = ("frame", "track", "x1", "y1", "x2", "y2", "asd_prob", "stage", "similarity")
+
+CATALOGUE: dict[str, FeatureSetSpec] = {spec.name: spec for spec in (
+    FeatureSetSpec("roberta_frame", "text", "frame", 768),
+    FeatureSetSpec("roberta_mean", "text", "utterance", 768),
+    FeatureSetSpec("roberta_ft_cls", "text", "utterance", 768),
+    FeatureSetSpec("wav2vec2_frame", "audio", "frame", 1024, 50.0),
+    FeatureSetSpec("wav2vec2_mean", "audio", "utterance", 1024),
+    FeatureSetSpec("wav2vec2_ft_last", "audio", "utterance", 1024),
+    FeatureSetSpec("speaker_faces", "asd", "frame", len(SPEAKER_FACE_COLUMNS), DEFAULT_FPS),
+    FeatureSetSpec("denseface_frame", "visual", "frame", 342, DEFAULT_FPS),
+    FeatureSetSpec("denseface_mean", "visual", "utterance", 342),
+)}
+
+
+def spec(name: str) -> FeatureSetSpec | None:
+    return CATALOGUE.get(name)
