@@ -106,6 +106,22 @@ class FeatureStore:
     def feature_path(self, feature_set: str) -> Path:
         return self.features_dir / f"{feature_set}.h5"
 
+    def feature_sets(self) -> list[str]:
+        """The published feature sets, by name."""
+        return sorted(p.stem for p in self.features_dir.glob("*.h5")) if self.features_dir.exists() else []
+
+    def reader(self, feature_set: str) -> "FeatureReader":
+        """The published file of ``feature_set``; a clear error names the sets there are."""
+        path = self.feature_path(feature_set)
+        if not path.exists():
+            raise FileNotFoundError(f"feature set {feature_set!r} not in {self.features_dir}; present: "
+                                    f"{', '.join(self.feature_sets()) or 'none'}")
+        return FeatureReader(path)
+
+    def tracks_path(self, dialogue_id: str) -> Path:
+        """The asd stage's record of a dialogue's face tracks and scores (``OUT/asd/{dialogue}.json``)."""
+        return self.root / "asd" / f"{_file_name(dialogue_id)}.json"
+
     def part_path(self, feature_set: str, dialogue_id: str) -> Path:
         return self.parts_dir / feature_set / f"{_file_name(dialogue_id)}.h5"
 
@@ -382,7 +398,7 @@ class FeatureReader:
 
     @classmethod
     def open(cls, out_dir: str | Path, feature_set: str) -> "FeatureReader":
-        return cls(FeatureStore(out_dir).feature_path(feature_set))
+        return FeatureStore(out_dir).reader(feature_set)
 
     @property
     def feature_set(self) -> str:

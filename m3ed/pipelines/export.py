@@ -37,7 +37,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from ..corpus import EMOTIONS, Corpus
+from ..corpus import EMOTIONS
 from ..models.data import MODALITIES, MODALITY_NAMES, DialogueData, parse_features_map
 from ..store import FeatureReader, FeatureStore
 
@@ -150,13 +150,14 @@ def _note_missing(missing: Mapping[str, int], data: DialogueData, notes: list[st
 
 # ---- MMIN -----------------------------------------------------------------------------------------
 def _mmin_sets(features_dir: Path, features_map: Mapping[str, str], notes: list[str]) -> dict[str, list[str]]:
-    present = sorted(p.stem for p in FeatureStore(features_dir).features_dir.glob("*.h5"))
+    store = FeatureStore(features_dir)
+    present = store.feature_sets()
     chosen: dict[str, list[str]] = {m: [] for m in MODALITIES}
     if features_map:
         for m, name in features_map.items():
             if name not in present:
                 raise FileNotFoundError(f"feature set {name!r} (--features-map {m}={name}) not in "
-                                        f"{FeatureStore(features_dir).features_dir}; present: {', '.join(present) or 'none'}")
+                                        f"{store.features_dir}; present: {', '.join(present) or 'none'}")
             chosen[m].append(name)
         return chosen
     for name in present:
@@ -166,18 +167,21 @@ def _mmin_sets(features_dir: Path, features_map: Mapping[str, str], notes: list[
         else:
             chosen[m].append(name)
     if not any(chosen.values()):
-        raise FileNotFoundError(f"no feature sets in {FeatureStore(features_dir).features_dir} to export")
+        raise FileNotFoundError(f"no feature sets in {store.features_dir} to export")
     return chosen
 
 
 def _export_mmin(features_dir: Path, features_map: Mapping[str, str], out: Path, notes: list[str]) -> None:
-    corpus = Corpus.from_jsonl(FeatureStore(features_dir).manifest_path)
+    store = FeatureStore(features_dir)
+    corpus = store.corpus()
+    if corpus is None:
+        raise FileNotFoundError(f"{store.manifest_path}: not found; is {features_dir} the output of m3ed-extract?")
     ids = [u.id for u in corpus.utterances()]
     for m, names in _mmin_sets(features_dir, features_map, notes).items():
         for name in names:
             folder = out / MMIN_FOLDERS[m]
             folder.mkdir(parents=True, exist_ok=True)
-            filled = _copy_h5_dense(FeatureStore(features_dir).feature_path(name), folder / f"{name}.h5", ids)
+            filled = _copy_h5_dense(store.feature_path(name), folder / f"{name}.h5", ids)
             if filled:
                 notes.append(f"ZERO-FILLED: {filled} of {len(ids)} utterances have no {name} features; "
                              f"{MMIN_FOLDERS[m]}/{name}.h5 holds zeros for them")
