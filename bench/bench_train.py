@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--models", default=",".join(list_models()))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, help="dialogues per batch (default: each model's authors')")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a shared 2-core machine two threads ran 5-20x slower)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "train_results.json")
@@ -79,12 +79,13 @@ def main() -> int:
             results = train(config)
             total = time.perf_counter() - started
         history = results["runs"][0]["history"]
+        batch_size = results["train_config"]["batch_size"]
         per_epoch = [h["train_seconds"] for h in history]
         record["models"][name] = {
             "train_seconds_per_epoch": round(statistics.mean(per_epoch), 2),
             "train_seconds_each_epoch": [round(s, 2) for s in per_epoch],
             "val_seconds_per_epoch": round(statistics.mean(h["seconds"] - h["train_seconds"] for h in history), 2),
-            "wall_seconds_total": round(total, 1), "input_level": results["input_level"],
+            "wall_seconds_total": round(total, 1), "input_level": results["input_level"], "batch_size": batch_size,
             "feature_sets": results["feature_sets"],
         }
         print(f"{name}: {record['models'][name]['train_seconds_per_epoch']} s per train epoch", flush=True)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from m3ed import __version__
-from m3ed.corpus import EMOTIONS, Corpus, Dialogue, Speaker, Utterance, utterance_id
-from m3ed.store import Failure, FeatureStore, config_hash
+from . import __version__
+from .corpus import EMOTIONS, Corpus, Dialogue, Speaker, Utterance, utterance_id
+from .store import Failure, FeatureStore, config_hash
 
 __all__ = ["SyntheticConfig", "add_synthetic_parser", "make_synthetic"]
 

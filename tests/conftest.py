@@ -40,11 +40,12 @@ def sample_corpus(sample_paths):
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny batches gain nothing from threads, and on a busy machine spinning threads cost several times.
-    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    ``M3ED_TEST_TORCH_THREADS=2`` runs them at 2 threads instead (the suite must pass at both)."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("M3ED_TEST_TORCH_THREADS", "1")))
     yield
     torch.set_num_threads(threads)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from m3ed.models.data import DialogueData
 from m3ed.models.registry import load_trained_model
-from m3ed.pipelines.train import TrainConfig, add_train_parser, metrics, predict, train
+from m3ed.pipelines.train import TrainConfig, add_train_parser, authors_protocol, metrics, predict, train
 from m3ed.synthetic import SyntheticConfig, add_synthetic_parser, make_synthetic
 
 DIALOGUE_MODELS = ("dialoguernn", "dialoguegcn", "mmgcn", "mdi")
@@ -132,3 +133,63 @@ def test_grid_writes_the_table(features_dir: Path, tmp_path: Path) -> None:
     table = (tmp_path / "results.md").read_text()
     for combo in ("{l}", "{a}", "{v}", "{l,a}", "{l,v}", "{a,v}", "{l,a,v}"):
         assert combo in table
+
+
+def _run(seed: int, val: float, test: float) -> dict:
+    return {"seed": seed, "val": {"weighted_f1": val, "macro_f1": val / 2, "accuracy": val},
+            "test": {"weighted_f1": test, "macro_f1": test / 2, "accuracy": test}}
+
+
+def test_authors_protocol_drops_the_worst_validation_run() -> None:
+    # get_results.py: np.argmin over the validation WF1, pop that run from val and test, average the rest.
+    runs = [_run(0, 0.50, 0.60), _run(1, 0.30, 0.90), _run(2, 0.40, 0.50)]
+    kept = authors_protocol(runs)
+    assert kept["dropped_seed"] == 1 and kept["seeds"] == [0, 2]
+    assert kept["val"]["weighted_f1"] == pytest.approx(0.45) and kept["test"]["weighted_f1"] == pytest.approx(0.55)
+    assert kept["test"]["macro_f1"] == pytest.approx(0.275)
+    # Ties: np.argmin drops the first of the equal runs.
+    assert authors_protocol([_run(5, 0.3, 0.1), _run(6, 0.3, 0.2), _run(7, 0.4, 0.3)])["dropped_seed"] == 5
+    assert authors_protocol([_run(0, 0.5, 0.5)]) is None
+
+
+def test_results_report_both_summaries(features_dir: Path, tmp_path: Path) -> None:
+    config = TrainConfig(features=features_dir, model=BASELINE, modalities="l", seeds=(0, 1, 2), out=tmp_path,
+                         epochs=2, lr=3e-3, profile="tiny", verbose=False)
+    results = train(config)
+    val = [r["val"]["weighted_f1"] for r in results["runs"]]
+    test = [r["test"]["weighted_f1"] for r in results["runs"]]
+    worst = int(np.argmin(val))
+    expected = np.mean([t for i, t in enumerate(test) if i != worst])
+    on_disk = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert on_disk["authors_protocol"]["test"]["weighted_f1"] == pytest.approx(expected)
+    assert on_disk["test"]["weighted_f1"]["mean"] == pytest.approx(np.mean(test))
+    table = (tmp_path / "results.md").read_text()
+    assert "Authors' protocol" in table and f"{100 * expected:.2f}" in table
+
+
+def test_mdi_trains_with_the_authors_schedule_by_default(features_dir: Path, tmp_path: Path) -> None:
+    """run_htrm.py: get_scheduler("cosine", warm-up 0) over epochs x batches, one dialogue per batch,
+    no early stop. The learning rate after epoch e of E is lr0 * (1 + cos(pi * e / E)) / 2."""
+    config = TrainConfig(features=features_dir, model="mdi", modalities="l", seeds=(0,), out=tmp_path,
+                         epochs=4, profile="tiny", verbose=False)
+    run = train(config)["runs"][0]
+    resolved = json.loads((tmp_path / "results.json").read_text())["train_config"]
+    assert (resolved["batch_size"], resolved["lr"], resolved["weight_decay"]) == (1, 3e-5, 0.0)
+    assert resolved["schedule"] == "cosine" and resolved["early_stop"] is False
+    assert [h["lr"] for h in run["history"]] == pytest.approx(
+        [3e-5 * (1 + math.cos(math.pi * e / 4)) / 2 for e in (1, 2, 3, 4)], abs=1e-12)
+    assert run["epochs_run"] == 4
+
+
+def test_class_weights_are_one_over_the_prior(features_dir: Path) -> None:
+    """train_chmed.py: loss_weights = 1 / prior of each emotion in train (any common factor cancels in
+    their weighted mean, so only the ratios matter)."""
+    from m3ed.pipelines.train import _class_weights
+
+    with DialogueData(features_dir, "l") as data:
+        labels = data.labels("train")
+        weights = _class_weights(data).numpy()
+    prior = np.bincount(labels, minlength=7) / len(labels)
+    seen = prior > 0
+    products = weights[seen] * prior[seen]
+    assert products == pytest.approx(np.full(seen.sum(), products[0]))

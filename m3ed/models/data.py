@@ -34,8 +34,8 @@ import h5py
 import numpy as np
 import torch
 
-from m3ed.corpus import SPLITS, Corpus, Dialogue
-from m3ed.store import FeatureReader, FeatureStore, pad_frames
+from ..corpus import SPLITS, Corpus, Dialogue
+from ..store import FeatureReader, FeatureStore, pad_frames
 
 __all__ = [
     "DEFAULT_FEATURE_SETS",

@@ -12,6 +12,16 @@ run forwards and, on each dialogue reversed within its length, backwards; the tw
 sequences are concatenated, attended over the whole (real) dialogue ("att2"), and classified by
 Linear-ReLU-dropout-Linear. All dialogues of a batch advance together; party states are a
 ``[B, num_speakers, D_p]`` tensor updated where the speaker one-hot says.
+
+With ``input_projection`` (their ``--use_input_project``) u_t is first mapped by a Linear layer to
+``global_size`` dimensions, so the GRU sizes do not grow with the concatenated features (2,137 for
+{l, a, v} with the presence flags). Their model code for this option is not in the public history;
+a single Linear layer is our reading of the flag.
+
+Defaults: the authors' M3ED runs (``codes/get_results.py`` run names, ``codes/dialogrnn``):
+D_g = D_p = 512 multimodal, 256 unimodal; D_e = D_h = D_a = 128; active listener; input projection;
+loss weighted by 1/prior; lr 2e-4; dropout 0.1 inside the cells and 0.1 + 0.15 on the emotion states
+(their BiModel's ``dropout_rec``); the classifier's hidden layer is 2 · D_h wide.
 """
 from __future__ import annotations
 
@@ -22,33 +32,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3ed.models.data import Batch, early_fusion
-from m3ed.models.registry import ModelConfig, register_model
+from .data import Batch, early_fusion
+from .registry import ModelConfig, register_model
 
 __all__ = ["DialogueRNN", "DialogueRNNConfig"]
 
 
 @dataclass
 class DialogueRNNConfig(ModelConfig):
-    """Sizes of the authors' code (D_g 150, D_p 150, D_e 100, D_h 100, D_a 100)."""
+    """The authors' M3ED sizes: G512 P512 E128 H128 A128 multimodal, G256 P256 unimodal."""
 
-    global_size: int = 150       # D_g
-    party_size: int = 150        # D_p
-    emotion_size: int = 100      # D_e
-    hidden: int = 100            # D_h, the classifier's hidden layer
-    attention_size: int = 100    # D_a, for context_attention="concat"
+    global_size: int | None = None       # D_g; None: 512 multimodal, 256 unimodal
+    party_size: int | None = None        # D_p; None: as global_size
+    emotion_size: int = 128              # D_e
+    hidden: int = 256                    # the classifier's hidden layer: 2 · D_h as their BiModel
+    attention_size: int = 128            # D_a, for context_attention="concat"
     context_attention: str = "general"   # "simple", "general" or "concat"
-    listener_state: bool = False
+    listener_state: bool = True          # their --active_listener
+    input_projection: bool = True        # their --use_input_project: Linear to global_size first
     bidirectional: bool = True
     emotion_attention: bool = True       # "att2": attention over all emotion states
     dropout: float = 0.1
-    rec_dropout: float = 0.1
+    rec_dropout: float = 0.25            # on the emotion states: their dropout + 0.15
 
-    default_lr: ClassVar[float] = 5e-4
+    default_lr: ClassVar[float] = 2e-4
     default_weight_decay: ClassVar[float] = 1e-5
+    default_class_weights: ClassVar[bool] = True
+    default_batch_size: ClassVar[int] = 32
+    default_epochs: ClassVar[int] = 80         # their run.sh: --max_epoch 80
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.global_size = self.global_size or (512 if len(self.input_dims) > 1 else 256)
+        self.party_size = self.party_size or self.global_size
         if self.context_attention not in ("simple", "general", "concat"):
             raise ValueError(f"DialogueRNN: context_attention {self.context_attention!r}; "
                              f"use 'simple', 'general' or 'concat'")
@@ -136,7 +152,8 @@ def reverse_within_length(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @register_model("dialoguernn", config=DialogueRNNConfig, tiny={
-    "global_size": 32, "party_size": 32, "emotion_size": 32, "hidden": 32, "attention_size": 32})
+    "global_size": 32, "party_size": 32, "emotion_size": 32, "hidden": 32, "attention_size": 32,
+    "rec_dropout": 0.1})
 class DialogueRNN(nn.Module):
     """DialogueRNN: global, party and emotion GRUs (bidirectional, emotion attention)."""
 
@@ -144,6 +161,10 @@ class DialogueRNN(nn.Module):
         super().__init__()
         self.config = config
         input_size = sum(config.input_dims.values()) + len(config.input_dims)
+        self.input_projection = None
+        if config.input_projection:
+            self.input_projection = nn.Linear(input_size, config.global_size)
+            input_size = config.global_size
         self.forward_rnn = DialogueRNNCell(config, input_size)
         self.backward_rnn = DialogueRNNCell(config, input_size) if config.bidirectional else None
         states = config.emotion_size * (2 if config.bidirectional else 1)
@@ -155,6 +176,8 @@ class DialogueRNN(nn.Module):
 
     def forward_features(self, batch: Batch) -> torch.Tensor:
         u = early_fusion(batch, self.config.modalities)
+        if self.input_projection is not None:
+            u = self.input_projection(u)
         if int(batch.speakers.max()) >= self.config.num_speakers:
             raise ValueError(f"DialogueRNN: a dialogue has more than num_speakers={self.config.num_speakers} "
                              f"speakers; build the model with a larger num_speakers")

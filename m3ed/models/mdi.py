@@ -1,12 +1,19 @@
 """MDI, Multimodal Dialog-aware Interaction (the M3ED paper's framework, section 4).
 
-    u_t = concat(l, a, v, presence flags)  ─ Linear + tanh ─ + positional encoding ─ dropout
-      ─ L Transformer blocks, each run under four self-attention masks (shared weights):
+    u_t = concat(l, a, v, presence flags)  ─ Linear + tanh ─ dropout ─ + 0.1 · positional encoding ─ dropout
+      ─ L post-norm Transformer blocks (ReLU feed-forward), run under four self-attention masks
+        (shared weights):
             global  all utterances of the dialogue
             local   |i - j| < window
             intra   utterances of the same speaker (self included)
             inter   utterances of the other speaker(s), and self
       ─ the four outputs added ─ LayerNorm ─ Linear ─► logits [B, N, 7]
+
+The defaults are the authors' M3ED runs (``codes/mdi/model.py`` and ``run_htrm.sh`` of their
+repository): positional encoding scaled by 0.1 (``position_scale``), ReLU feed-forward
+(``activation``), a LayerNorm closing each stream (their ``nn.TransformerEncoder`` norm,
+``stream_norm``), no dropout before the classifier (``head_dropout``), and all four masks for
+unimodal and multimodal runs alike (``interactions``).
 
 Where the four outputs are added is ``fusion``:
 
@@ -28,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3ed.models.data import Batch, early_fusion
-from m3ed.models.registry import ModelConfig, register_model
+from .data import Batch, early_fusion
+from .registry import ModelConfig, register_model
 
 __all__ = ["INTERACTIONS", "MDI", "MDIConfig", "interaction_masks"]
 
@@ -47,9 +54,20 @@ class MDIConfig(ModelConfig):
     dropout: float = 0.1
     window: int = 3                  # local interaction: |i - j| < window
     fusion: str = "final"            # "final" (authors' code) or "per_block" (paper text)
+    interactions: tuple[str, ...] = INTERACTIONS   # the masks run (their script: all four, any modalities)
+    position_scale: float = 0.1      # their PositionalEncoding adds 0.1 * table
+    activation: str = "relu"         # feed-forward; their nn.TransformerEncoderLayer default
+    stream_norm: bool = True         # fusion=final: each stream ends in a LayerNorm, as their encoder's norm
+    head_dropout: float = 0.0        # their classifier reads the fused features directly
 
+    # transformers.AdamW (weight decay 0), lr 3e-5, one dialogue per batch (their M3ED setting),
+    # 15 epochs on a cosine schedule, no early stop; the best validation epoch is kept.
     default_lr: ClassVar[float] = 3e-5
-    default_weight_decay: ClassVar[float] = 0.01
+    default_weight_decay: ClassVar[float] = 0.0
+    default_batch_size: ClassVar[int] = 1
+    default_epochs: ClassVar[int] = 15
+    default_schedule: ClassVar[str] = "cosine"
+    default_early_stop: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,6 +83,13 @@ class MDIConfig(ModelConfig):
             raise ValueError(f"MDI: layers must be at least 1, got {self.layers}")
         if self.window < 1:
             raise ValueError(f"MDI: window must be at least 1 (|i - j| < window), got {self.window}")
+        self.interactions = tuple(self.interactions)
+        unknown = [k for k in self.interactions if k not in INTERACTIONS]
+        if unknown or not self.interactions or len(set(self.interactions)) != len(self.interactions):
+            raise ValueError(f"MDI: interactions {list(self.interactions)}; use distinct names from "
+                             f"{', '.join(INTERACTIONS)}")
+        if self.activation not in ("relu", "gelu"):
+            raise ValueError(f"MDI: activation {self.activation!r}; use 'relu' or 'gelu'")
 
 
 def interaction_masks(speakers: torch.Tensor, mask: torch.Tensor, window: int) -> torch.Tensor:
@@ -96,13 +121,14 @@ def sinusoidal_positions(n: int, dim: int, device: torch.device) -> torch.Tensor
 class Block(nn.Module):
     """A post-norm Transformer layer whose self-attention takes a per-sequence boolean mask."""
 
-    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float):
+    def __init__(self, hidden: int, heads: int, ffn: int, dropout: float, activation: str = "relu"):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
         self.norm1 = nn.LayerNorm(hidden)
-        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, hidden))
+        act = nn.ReLU() if activation == "relu" else nn.GELU()
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn), act, nn.Dropout(dropout), nn.Linear(ffn, hidden))
         self.norm2 = nn.LayerNorm(hidden)
         self.dropout = nn.Dropout(dropout)
         self.attn_dropout = dropout
@@ -127,21 +153,28 @@ class MDI(nn.Module):
         fused = sum(config.input_dims.values()) + len(config.input_dims)
         self.embed = nn.Linear(fused, config.hidden)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config.hidden, config.heads, config.ffn, config.dropout)
+        self.blocks = nn.ModuleList(Block(config.hidden, config.heads, config.ffn, config.dropout, config.activation)
                                     for _ in range(config.layers))
+        self.stream_norm = None
         if config.fusion == "per_block":   # one "add, then LayerNorm" per block
             self.block_norms = nn.ModuleList(nn.LayerNorm(config.hidden) for _ in range(config.layers))
         else:                              # one "add, then LayerNorm" after the stack
             self.block_norms, self.norm = None, nn.LayerNorm(config.hidden)
+            if config.stream_norm:         # one module shared by the streams, as their shared encoder
+                self.stream_norm = nn.LayerNorm(config.hidden)
+        self.head_dropout = nn.Dropout(config.head_dropout)
         self.head = nn.Linear(config.hidden, config.num_classes)
+        self.register_buffer("mask_index", torch.tensor([INTERACTIONS.index(k) for k in config.interactions]),
+                             persistent=False)
 
     def forward_features(self, batch: Batch) -> torch.Tensor:
         """Fused interaction features ``[B, N, hidden]``."""
-        x = torch.tanh(self.embed(early_fusion(batch, self.config.modalities)))
+        x = self.dropout(torch.tanh(self.embed(early_fusion(batch, self.config.modalities))))
         b, n, h = x.shape
-        x = self.dropout(x + sinusoidal_positions(n, h, x.device).to(x.dtype))
-        k = len(INTERACTIONS)
-        masks = interaction_masks(batch.speakers, batch.mask, self.config.window).reshape(b * k, n, n)
+        x = self.dropout(x + self.config.position_scale * sinusoidal_positions(n, h, x.device).to(x.dtype))
+        k = len(self.config.interactions)
+        masks = interaction_masks(batch.speakers, batch.mask, self.config.window)[:, self.mask_index]
+        masks = masks.reshape(b * k, n, n)
         streams = x[:, None].expand(b, k, n, h).reshape(b * k, n, h)
         for i, block in enumerate(self.blocks):
             streams = block(streams, masks)
@@ -151,10 +184,12 @@ class MDI(nn.Module):
                     streams = fused[:, None].expand(b, k, n, h).reshape(b * k, n, h)
         if self.block_norms is not None:
             return fused
+        if self.stream_norm is not None:
+            streams = self.stream_norm(streams)
         return self.norm(streams.view(b, k, n, h).sum(1))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(features))
+        return self.head(self.head_dropout(features))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.forward_head(self.forward_features(batch))

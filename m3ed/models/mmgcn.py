@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from m3ed.models.data import Batch
-from m3ed.models.registry import ModelConfig, register_model
+from .data import Batch
+from .registry import ModelConfig, register_model
 
 __all__ = ["MMGCN", "MMGCNConfig", "similarity_graph"]
 

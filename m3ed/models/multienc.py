@@ -3,11 +3,14 @@
 Each utterance is classified on its own (no dialogue context):
 
     ``multienc`` (frame-level inputs, the paper's "Frm" columns)
-        audio  frames ─ LSTM ─ max-pool over real frames ─► 128 ┐
-        visual frames ─ LSTM ─ max-pool over real frames ─► 128 ┼─ concat ─ FC ─ FC ─ Linear ─► logits
-        text   tokens ─ TextCNN (kernels 3,4,5, max-pool) ─► 128 ┘
+        audio  frames ─ LSTM ─ max-pool over real frames ─► 512 ┐
+        visual frames ─ LSTM ─ max-pool over real frames ─► 256 ┼─ concat ─ FC 512 ─ FC 256 ─ Linear ─► logits
+        text   tokens ─ TextCNN (kernels 3,4,5, max-pool) ─► 256 ┘
     ``multienc_pooled`` (utterance-level inputs, "Utt" columns; light enough for a CPU)
-        each modality ─ Linear-ReLU-dropout (a DNN encoder) ─► 128, then the same fusion classifier.
+        each modality ─ Linear-ReLU-dropout (a DNN encoder) ─► the same sizes, then the same fusion classifier.
+
+Sizes, dropout 0.5 and lr 1e-3 are the authors' M3ED run (``codes/utt_baseline/run.sh``:
+``--a_hidden_size 512 --v_hidden_size 256 --l_hidden_size 256 --mid_fusion_layers 512,256``).
 
 A missing modality's embedding is zero (the presence mask says which). Only real utterances
 with that modality are encoded (packed, masked), so padding never changes a prediction.
@@ -22,26 +25,37 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from m3ed.models.data import Batch
-from m3ed.models.registry import ModelConfig, register_model
+from .data import Batch
+from .registry import ModelConfig, register_model
 
 __all__ = ["MultiEnc", "MultiEncConfig", "MultiEncPooled", "MultiEncPooledConfig"]
 
 
 @dataclass
 class MultiEncPooledConfig(ModelConfig):
-    """MMIN's sizes: 128-d embedding per modality, classifier layers 128,128."""
+    """The authors' M3ED sizes: text 256, audio 512, visual 256; fusion layers 512, 256; dropout 0.5."""
 
-    embedding_size: int = 128
-    classifier_layers: tuple[int, ...] = (128, 128)
-    dropout: float = 0.3
+    text_size: int = 256
+    audio_size: int = 512
+    visual_size: int = 256
+    classifier_layers: tuple[int, ...] = (512, 256)
+    dropout: float = 0.5
 
-    default_lr: ClassVar[float] = 2e-4
+    default_lr: ClassVar[float] = 1e-3
     default_weight_decay: ClassVar[float] = 0.0
+    default_batch_size: ClassVar[int] = 3      # dialogues: their 64 utterances, at 24.7 per M3ED dialogue
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.classifier_layers = tuple(int(x) for x in self.classifier_layers)
+
+    def size(self, modality: str) -> int:
+        """The embedding size of one modality."""
+        return {"l": self.text_size, "a": self.audio_size, "v": self.visual_size}[modality]
+
+    @property
+    def fused_size(self) -> int:
+        return sum(self.size(m) for m in self.modalities)
 
 
 @dataclass
@@ -126,8 +140,10 @@ def _scatter_rows(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@register_model("multienc", config=MultiEncConfig, input_level="frame", tiny={
-    "embedding_size": 32, "text_channels": 32, "classifier_layers": (32,)})
+_TINY_SIZES = {"text_size": 32, "audio_size": 32, "visual_size": 32, "classifier_layers": (32,), "dropout": 0.3}
+
+
+@register_model("multienc", config=MultiEncConfig, input_level="frame", tiny={**_TINY_SIZES, "text_channels": 32})
 class MultiEnc(nn.Module):
     """MultiEnc on frame-level features: LSTM (audio, visual) and TextCNN (text) encoders, FC fusion."""
 
@@ -136,12 +152,11 @@ class MultiEnc(nn.Module):
         self.config = config
         c = config
         self.encoders = nn.ModuleDict({
-            m: (TextCNN(dim, c.text_channels, c.text_kernels, c.embedding_size, c.text_dropout) if m == "l"
-                else LSTMEncoder(dim, c.embedding_size, c.lstm_pooling))
+            m: (TextCNN(dim, c.text_channels, c.text_kernels, c.size(m), c.text_dropout) if m == "l"
+                else LSTMEncoder(dim, c.size(m), c.lstm_pooling))
             for m, dim in c.input_dims.items()
         })
-        self.classifier = FusionClassifier(c.embedding_size * len(c.input_dims), c.classifier_layers,
-                                           c.num_classes, c.dropout)
+        self.classifier = FusionClassifier(c.fused_size, c.classifier_layers, c.num_classes, c.dropout)
 
     def forward_features(self, batch: Batch) -> torch.Tensor:
         embeddings = []
@@ -153,7 +168,7 @@ class MultiEnc(nn.Module):
                                  "use multienc_pooled for utterance-level ones")
             lengths = batch.frame_mask[m][where].sum(-1)
             encoded = (self.encoders[m](frames, lengths) if len(frames)
-                       else frames.new_zeros(0, self.config.embedding_size))
+                       else frames.new_zeros(0, self.config.size(m)))
             embeddings.append(_scatter_rows(encoded, where))
         return torch.cat(embeddings, -1)
 
@@ -164,7 +179,7 @@ class MultiEnc(nn.Module):
         return self.forward_head(self.forward_features(batch))
 
 
-@register_model("multienc_pooled", config=MultiEncPooledConfig, tiny={"embedding_size": 32, "classifier_layers": (32,)})
+@register_model("multienc_pooled", config=MultiEncPooledConfig, tiny=_TINY_SIZES)
 class MultiEncPooled(nn.Module):
     """MultiEnc on utterance-level features: one DNN encoder per modality, FC fusion."""
 
@@ -173,11 +188,10 @@ class MultiEncPooled(nn.Module):
         self.config = config
         c = config
         self.encoders = nn.ModuleDict({
-            m: nn.Sequential(nn.Linear(dim, c.embedding_size), nn.ReLU(), nn.Dropout(c.dropout))
+            m: nn.Sequential(nn.Linear(dim, c.size(m)), nn.ReLU(), nn.Dropout(c.dropout))
             for m, dim in c.input_dims.items()
         })
-        self.classifier = FusionClassifier(c.embedding_size * len(c.input_dims), c.classifier_layers,
-                                           c.num_classes, c.dropout)
+        self.classifier = FusionClassifier(c.fused_size, c.classifier_layers, c.num_classes, c.dropout)
 
     def forward_features(self, batch: Batch) -> torch.Tensor:
         return torch.cat([self.encoders[m](batch.features[m]) * batch.present[m][..., None]

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from m3ed.corpus import EMOTIONS
+from ..corpus import EMOTIONS
 
 __all__ = ["ModelConfig", "ModelEntry", "create_model", "get_model_entry", "list_models",
            "load_trained_model", "register_model"]
@@ -34,8 +34,11 @@ class ModelConfig:
     """What every downstream model needs; architectures subclass it with their own fields.
 
     ``input_dims`` maps each modality used (``l``, ``a``, ``v``) to its feature dimension; its keys
-    are the model's modalities. Class attributes ``default_lr`` and ``default_weight_decay`` are the
-    training settings of the model's authors (not saved: they are not part of the architecture).
+    are the model's modalities. The ``default_*`` class attributes are the training settings of the
+    model's authors on M3ED, used by ``m3ed train`` unless overridden (not saved: they are not part
+    of the architecture): learning rate, AdamW weight decay, loss weighted by 1/prior of the train
+    labels, dialogues per batch, epochs, learning-rate schedule (``constant`` or ``cosine``: per step
+    from the full rate to 0 over all epochs) and whether validation may stop training early.
     """
 
     input_dims: dict[str, int] = field(default_factory=dict)
@@ -44,6 +47,11 @@ class ModelConfig:
 
     default_lr: ClassVar[float] = 1e-4
     default_weight_decay: ClassVar[float] = 1e-5
+    default_class_weights: ClassVar[bool] = False
+    default_batch_size: ClassVar[int] = 16
+    default_epochs: ClassVar[int] = 60
+    default_schedule: ClassVar[str] = "constant"
+    default_early_stop: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not self.input_dims:

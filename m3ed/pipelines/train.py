@@ -3,12 +3,16 @@
 Reads a feature directory (``manifest.jsonl`` with the TV-independent split + ``features/``),
 trains one registered model on chosen modalities once per seed, and reports weighted-F1 on val and
 test (sklearn ``f1_score(average="weighted")`` over real, labelled utterances), macro-F1 and
-accuracy, as mean ± std over the seeds.
+accuracy, as mean ± std over the seeds, and separately under the "authors' protocol" of their
+``get_results.py``: of the seeds' runs, the one with the worst validation weighted-F1 is dropped and
+the others averaged (the best 2 of 3).
 
 Per seed: everything seeded (``random``, NumPy, torch) and deterministic algorithms on; AdamW with
-the model's authors' learning rate unless given; one epoch = the train dialogues in length-bucketed
-batches; after each epoch the validation weighted-F1 decides, alone, which epoch's weights are kept
-and when to stop (``patience`` epochs without improvement). The test split is evaluated once, with
+the model's authors' settings unless given (learning rate, weight decay, class weights, batch size,
+epochs, learning-rate schedule, early stop: the ``default_*`` attributes of its config); one epoch =
+the train dialogues in length-bucketed batches; after each epoch the validation weighted-F1 decides,
+alone, which epoch's weights are kept and, where early stopping is on, when to stop (``patience``
+epochs without improvement). The test split is evaluated once, with
 the kept weights (no early stop before ``min_epochs``: at the authors' small learning rates
 models sit at the majority class for the first epochs, and a flat val score there means nothing).
 Mixed precision (bf16, else fp16 with loss scaling) on CUDA.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -36,18 +41,19 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from m3ed import __version__
-from m3ed.corpus import EMOTIONS
-from m3ed.models.data import (IGNORE_INDEX, DialogueData, modality_combinations, parse_features_map,
-                              parse_modalities)
-from m3ed.models.registry import create_model, get_model_entry, list_models
-from m3ed.store import atomic_write_text
+from .. import __version__
+from ..corpus import EMOTIONS
+from ..models.data import (IGNORE_INDEX, DialogueData, length_bucketed_batches, modality_combinations,
+                              parse_features_map, parse_modalities)
+from ..models.registry import create_model, get_model_entry, list_models
+from ..store import atomic_write_text
 
 __all__ = ["TrainConfig", "add_train_parser", "evaluate", "train", "write_table"]
 
 DISPLAY_NAMES = {"multienc": "MultiEnc (Frm)", "multienc_pooled": "UttBaseline (MultiEnc, Utt)",
                  "dialoguernn": "DialogueRNN", "dialoguegcn": "DialogueGCN", "mmgcn": "MMGCN", "mdi": "MDI"}
 BASELINE = "multienc_pooled"   # the row that Table 6's (+x.x) differences refer to
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -57,17 +63,19 @@ class TrainConfig:
     modalities: tuple[str, ...] = ("l", "a", "v")
     seeds: tuple[int, ...] = (0, 1, 2)
     out: Path | None = None                  # default: runs/{model}_{modalities}
-    epochs: int = 60
-    batch_size: int = 16                     # dialogues per batch
-    lr: float | None = None                  # None: the model's default (its authors')
+    epochs: int | None = None                # None (here and below): the model's authors' setting
+    batch_size: int | None = None            # dialogues per batch
+    lr: float | None = None
     weight_decay: float | None = None
+    class_weights: bool | None = None        # loss weighted by 1/prior of the train labels
+    schedule: str | None = None              # "constant" or "cosine" (per step, to 0 at the last epoch)
+    early_stop: bool | None = None           # False: run every epoch (the best val epoch is still kept)
     patience: int = 10                       # epochs without a better val weighted-F1
     min_epochs: int = 20                     # no early stop before (slow starters sit at the majority class)
     device: str = "auto"                     # auto, cpu, cuda, cuda:1, ...
     features_map: dict[str, str] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)   # overrides of the model's config
     profile: str = "paper"                   # "paper": the authors' sizes; "tiny": small (tests, demos)
-    class_weights: bool = False              # inverse-frequency weights of the train labels
     max_frames: int | None = None            # frame-level models: frames kept per utterance
     grad_clip: float | None = 5.0
     grid: bool = False
@@ -82,9 +90,19 @@ class TrainConfig:
         self.features_map = parse_features_map(self.features_map)
         if not self.seeds:
             raise ValueError("give at least one seed")
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+        if min(self.epochs or 1, self.batch_size or 1, self.patience) < 1:
             raise ValueError(f"epochs ({self.epochs}), batch size ({self.batch_size}) and patience "
                              f"({self.patience}) must be at least 1")
+        if self.schedule not in (None, *SCHEDULES):
+            raise ValueError(f"schedule {self.schedule!r}: use {' or '.join(SCHEDULES)}")
+
+    def resolved(self) -> "TrainConfig":
+        """This config with every unset training setting taken from the model's authors' defaults."""
+        c = get_model_entry(self.model).config_cls
+        chosen = {"epochs": c.default_epochs, "batch_size": c.default_batch_size, "lr": c.default_lr,
+                  "weight_decay": c.default_weight_decay, "class_weights": c.default_class_weights,
+                  "schedule": c.default_schedule, "early_stop": c.default_early_stop}
+        return replace(self, **{k: v for k, v in chosen.items() if getattr(self, k) is None})
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
@@ -206,6 +224,7 @@ class _Run:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     class_weights: torch.Tensor | None
     lr: float
@@ -218,12 +237,22 @@ def _build(config: TrainConfig, data: DialogueData, seed: int, device: torch.dev
     overrides = _model_overrides(entry.name, config.model_config, strict=not config.grid)
     model = create_model(entry.name, profile=config.profile, input_dims=data.dims,
                          num_speakers=max(2, data.num_speakers), **overrides).to(device)
-    lr = config.lr if config.lr is not None else entry.config_cls.default_lr
-    decay = config.weight_decay if config.weight_decay is not None else entry.config_cls.default_weight_decay
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     use_fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    return _Run(model, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=decay),
+    return _Run(model, optimizer, _scheduler(optimizer, config, data),
                 torch.amp.GradScaler("cuda", enabled=use_fp16),
-                _class_weights(data).to(device) if config.class_weights else None, lr, decay)
+                _class_weights(data).to(device) if config.class_weights else None, config.lr, config.weight_decay)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+               data: DialogueData) -> torch.optim.lr_scheduler.LRScheduler:
+    """``constant``, or ``cosine``: per optimiser step from the full rate down to 0 over all epochs,
+    no warm-up (``transformers.get_scheduler("cosine")`` as the MDI authors ran it)."""
+    if config.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    steps = config.epochs * len(length_bucketed_batches(data.split("train"), config.batch_size, shuffle=False))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / max(steps, 1)))))
 
 
 def _train_epoch(run: _Run, config: TrainConfig, data: DialogueData, device: torch.device, seed: int) -> float:
@@ -243,6 +272,7 @@ def _train_epoch(run: _Run, config: TrainConfig, data: DialogueData, device: tor
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        run.scheduler.step()
         n = int((batch.labels != IGNORE_INDEX).sum())
         total, count = total + float(loss.detach()) * n, count + n
     return total / max(count, 1)
@@ -270,11 +300,12 @@ def _train_seed(config: TrainConfig, data: DialogueData, seed: int, device: torc
             best = {"score": val["weighted_f1"], "epoch": epoch,
                     "state": {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}}
         history.append({"epoch": epoch, "loss": loss, "val_weighted_f1": val["weighted_f1"],
+                        "lr": run.optimizer.param_groups[0]["lr"],
                         "train_seconds": train_seconds, "seconds": time.perf_counter() - started})
         _log(config, f"[{tag} seed {seed}] epoch {epoch:3d}/{config.epochs}  loss {loss:.4f}  "
                      f"val WF1 {100 * val['weighted_f1']:5.2f}  best {100 * best['score']:5.2f} @ {best['epoch']}"
                      f"  {history[-1]['seconds']:.1f}s")
-        if epoch >= config.min_epochs and epoch - best["epoch"] >= config.patience:
+        if config.early_stop and epoch >= config.min_epochs and epoch - best["epoch"] >= config.patience:
             _log(config, f"[{tag} seed {seed}] early stop: no better val WF1 for {config.patience} epochs")
             break
 
@@ -305,10 +336,26 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             out[split][key] = {"mean": float(values.mean()),
                                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
     out["seeds"] = len(runs)
+    out["authors_protocol"] = authors_protocol(runs)
+    return out
+
+
+def authors_protocol(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The M3ED authors' reporting (their ``get_results.py``): drop the run with the lowest validation
+    weighted-F1 (the first of equals), average the rest. None with fewer than two runs."""
+    if len(runs) < 2:
+        return None
+    worst = int(np.argmin([r["val"]["weighted_f1"] for r in runs]))
+    kept = [r for i, r in enumerate(runs) if i != worst]
+    out: dict[str, Any] = {split: {key: float(np.mean([r[split][key] for r in kept]))
+                                   for key in ("weighted_f1", "macro_f1", "accuracy")} for split in ("val", "test")}
+    out["seeds"] = [r["seed"] for r in kept]
+    out["dropped_seed"] = runs[worst]["seed"]
     return out
 
 
 def _run_one(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    config = config.resolved()
     entry = get_model_entry(config.model)
     mods = ",".join(config.modalities)
     out = config.out or Path("runs") / f"{entry.name}_{''.join(config.modalities)}"
@@ -332,6 +379,10 @@ def _run_one(config: TrainConfig, device: torch.device) -> dict[str, Any]:
     _log(config, f"[{tag}] over {len(runs)} seed(s): weighted-F1 val {_cell(s['val']['weighted_f1'])}  "
                  f"test {_cell(s['test']['weighted_f1'])}; test macro-F1 {_cell(s['test']['macro_f1'])}, "
                  f"accuracy {_cell(s['test']['accuracy'])} (majority-class floor: test WF1 {100 * floor['test']:.2f})")
+    if s["authors_protocol"]:
+        kept = s["authors_protocol"]
+        _log(config, f"[{tag}] authors' protocol (seed {kept['dropped_seed']} dropped, lowest val): weighted-F1 "
+                     f"val {100 * kept['val']['weighted_f1']:.2f}  test {100 * kept['test']['weighted_f1']:.2f}")
     _write_json(out / "results.json", results)
     write_table([results], out / "results.md")
     plot_confusion(np.sum([r["confusion_test"] for r in runs], axis=0),
@@ -380,32 +431,28 @@ def _cell(stat: dict[str, float]) -> str:
 
 def write_table(results: Sequence[dict[str, Any]], path: Path) -> str:
     """Markdown tables in the paper's layouts: Table 6 (model × split rows, modality columns,
-    weighted-F1 mean ± std, (+x.x) against the utterance baseline) and, when both MultiEnc
-    variants are present, Table 5 (modality rows, Frm/Utt × val/test columns)."""
+    weighted-F1 mean ± std, (+x.x) against the utterance baseline), the same under the authors'
+    protocol (mean of the best 2 of 3 runs by validation score) when there are several seeds and,
+    when both MultiEnc variants are present, Table 5 (modality rows, Frm/Utt × val/test columns)."""
     combos = [",".join(c) for c in modality_combinations()]
     cells = {(r["model"], r["modalities"]): r["summary"] for r in results}
     used = [c for c in combos if any(m == c for _, m in cells)]
     models = [m for m in list_models() if any(k[0] == m for k in cells)]
     seeds = sorted({r["summary"]["seeds"] for r in results})
     lines = [f"Weighted-F1 (%) mean ± std over {'/'.join(map(str, seeds))} seed(s); "
-             f"(+x.x): difference of the mean from the utterance baseline ({DISPLAY_NAMES[BASELINE]}).", "",
-             "| Model | Metric | " + " | ".join("{" + c + "}" for c in used) + " |",
-             "|---|---|" + "---|" * len(used)]
-    for model in models:
-        for split in ("val", "test"):
-            row = []
-            for combo in used:
-                stat = cells.get((model, combo))
-                if stat is None:
-                    row.append("")
-                    continue
-                text = _cell(stat[split]["weighted_f1"])
-                base = cells.get((BASELINE, combo))
-                if base is not None and model != BASELINE:
-                    text += f" ({100 * (stat[split]['weighted_f1']['mean'] - base[split]['weighted_f1']['mean']):+.1f})"
-                row.append(text)
-            label = DISPLAY_NAMES.get(model, model) if split == "val" else ""
-            lines.append(f"| {label} | {split} | " + " | ".join(row) + " |")
+             f"(+x.x): difference of the mean from the utterance baseline ({DISPLAY_NAMES[BASELINE]}).", ""]
+    lines += _table6(cells, used, models, lambda stat, split: (
+        _cell(stat[split]["weighted_f1"]), stat[split]["weighted_f1"]["mean"]))
+    if any(stat.get("authors_protocol") for stat in cells.values()):
+        lines += ["", "Authors' protocol (their `get_results.py`): of the seeds' runs, the one with the lowest "
+                      "validation weighted-F1 is dropped and the others averaged (the best 2 of 3); "
+                      "weighted-F1 (%).", ""]
+
+        def kept_mean(stat: dict, split: str) -> tuple[str, float] | None:
+            kept = stat.get("authors_protocol")
+            return (f"{100 * kept[split]['weighted_f1']:.2f}", kept[split]["weighted_f1"]) if kept else None
+
+        lines += _table6(cells, used, models, kept_mean)
     if any(m == "multienc" for m, _ in cells) and any(m == BASELINE for m, _ in cells):
         lines += ["", "Utterance-level baseline (Table 5 layout): MultiEnc on frame-level (Frm) and "
                       "utterance-level (Utt) features, weighted-F1 (%).", "",
@@ -420,6 +467,30 @@ def write_table(results: Sequence[dict[str, Any]], path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return text
+
+
+def _table6(cells: dict, used: list[str], models: list[str], value) -> list[str]:
+    """Table 6 rows; ``value(summary, split)`` gives the cell's text and the mean it compares."""
+    lines = ["| Model | Metric | " + " | ".join("{" + c + "}" for c in used) + " |",
+             "|---|---|" + "---|" * len(used)]
+    for model in models:
+        for split in ("val", "test"):
+            row = []
+            for combo in used:
+                stat = cells.get((model, combo))
+                got = value(stat, split) if stat is not None else None
+                if got is None:
+                    row.append("")
+                    continue
+                text, mean = got
+                base = cells.get((BASELINE, combo))
+                base_got = value(base, split) if base is not None else None
+                if base_got is not None and model != BASELINE:
+                    text += f" ({100 * (mean - base_got[1]):+.1f})"
+                row.append(text)
+            label = DISPLAY_NAMES.get(model, model) if split == "val" else ""
+            lines.append(f"| {label} | {split} | " + " | ".join(row) + " |")
+    return lines
 
 
 def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
@@ -471,10 +542,17 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--modalities", default="l,a,v", help="subset of l,a,v (default %(default)s)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default %(default)s)")
     parser.add_argument("--out", type=Path, help="output directory (default runs/MODEL_MODALITIES, runs/grid)")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="maximum epochs (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="dialogues per batch (default %(default)s)")
+    parser.add_argument("--epochs", type=int, help="maximum epochs (default: the model's authors', e.g. MDI 15)")
+    parser.add_argument("--batch-size", type=int, help="dialogues per batch (default: the model's authors', e.g. MDI 1)")
     parser.add_argument("--lr", type=float, help="learning rate (default: the model's authors')")
-    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the model's)")
+    parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the model's authors')")
+    parser.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
+                        help="weight the loss by 1/prior of the train labels (default: as the model's authors: "
+                             "on for DialogueRNN and DialogueGCN)")
+    parser.add_argument("--schedule", choices=SCHEDULES,
+                        help="learning-rate schedule (default: the model's authors': cosine for MDI, else constant)")
+    parser.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=None,
+                        help="stop on validation patience (default: as the model's authors: off for MDI)")
     parser.add_argument("--patience", type=int, default=defaults.patience,
                         help="stop after this many epochs without a better val weighted-F1 (default %(default)s)")
     parser.add_argument("--min-epochs", type=int, default=defaults.min_epochs,
@@ -487,7 +565,6 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         help="override model config fields, e.g. hidden=256 mdi.fusion=per_block")
     parser.add_argument("--profile", choices=("paper", "tiny"), default="paper",
                         help="model sizes: the authors' (paper) or small ones for a quick check (tiny)")
-    parser.add_argument("--class-weights", action="store_true", help="weight the loss by inverse train class frequency")
     parser.add_argument("--max-frames", type=int, help="frame-level models: keep at most this many frames per utterance")
     parser.add_argument("--grid", action="store_true", help="every model on every modality combination")
     parser.add_argument("--models", default="", help="with --grid: comma-separated subset of models")
@@ -507,7 +584,8 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
             min_epochs=args.min_epochs,
             device=args.device, features_map=args.features_map, model_config=_key_values(args.model_config),
-            profile=args.profile, class_weights=args.class_weights, max_frames=args.max_frames, grid=args.grid,
+            profile=args.profile, class_weights=args.class_weights, schedule=args.schedule,
+            early_stop=args.early_stop, max_frames=args.max_frames, grid=args.grid,
             grid_models=tuple(m for m in args.models.split(",") if m.strip()), verbose=not args.quiet)
         train(config)
     except (FileNotFoundError, ValueError, KeyError, argparse.ArgumentTypeError) as e:
