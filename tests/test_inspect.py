@@ -80,7 +80,8 @@ def test_text_summary_names_what_matters(run_out, capsys):
     text = capsys.readouterr().out
     with h5py.File(path, "r") as h5:
         config_hash, keys, dim = h5.attrs["config_hash"], len(h5), h5.attrs["dim"]
-    for needle in ("m3ed-features", "roberta_mean", f"utterance level, dim {dim}", config_hash, f"keys            {keys}", "NaN 0"):
+    needles = ("m3ed-features", "roberta_mean", f"utterance level, dim {dim}", config_hash, f"keys            {keys}", "NaN 0")
+    for needle in needles:
         assert needle in text
 
 

@@ -60,7 +60,8 @@ def _utterance_ids(out: Path) -> list[str]:
 def test_feature_numbers_match_the_files(run_out, report):
     data, _ = report
     files = sorted((run_out / "features").glob("*.h5"))
-    assert {p.stem for p in files} == set(data["features"]) >= {"roberta_mean", "wav2vec2_frame", "speaker_faces", "denseface_mean"}
+    expected = {"roberta_mean", "wav2vec2_frame", "speaker_faces", "denseface_mean"}
+    assert {p.stem for p in files} == set(data["features"]) >= expected
     ids = _utterance_ids(run_out)
     failures = _failures(run_out)
     for path in files:
