@@ -7,9 +7,10 @@ Measures, on the sample's two-shot dialogue (640x360, two faces):
 - the cropping pass: frames/s;
 - ASD scoring, seconds of compute per second of face track: TalkNet single, TalkNet multi
   (the reference's six passes), Light-ASD single and multi (first ``--seconds`` of each track);
-- face embedding (InceptionResnetV1, random weights): faces/s.
-Writes them to bench/results.json under "asd" -> "threads_N" (N = torch threads). Timings on a shared CPU are noisy: compare ratios
-measured in one run (the load average is recorded).
+- face embedding (InceptionResnetV1, random weights): faces/s;
+- TalkNet multi-mode at 250 and 1,500 frames per forward, and single pass at 1 and 2 threads.
+Writes them to bench/results.json under "asd" -> "threads_N" (N = torch threads). Timings on a
+shared CPU are noisy: compare ratios measured in one run (the load average is recorded).
 """
 from __future__ import annotations
 
@@ -63,15 +64,16 @@ def main() -> None:
         detector = FaceDetector(DetectionParams(height=height))
         detector.detect(frames[:4])  # warm-up
         shots, found = ShotDetector(), Detections(1)
-        _, seconds = timed(lambda: [(shots.update(c), found.add_chunk(detector, c))
-                                    for c in np.array_split(frames[:args.frames], max(1, args.frames // 32))])
+        _, seconds = timed(lambda: ([(shots.update(c), found.add_chunk(detector, c))
+                                     for c in np.array_split(frames[:args.frames], max(1, args.frames // 32))],
+                                    found.flush()))
         result[f"detect_fps_h{height}"] = round(args.frames / seconds, 2)
     _, seconds = timed(lambda: [ShotDetector().update(frames)])
     result["shots_fps"] = round(len(frames) / seconds, 1)
 
     detector = FaceDetector(DetectionParams(every=5, height=240))
     every5 = Detections(5)
-    _, seconds = timed(lambda: every5.add_chunk(detector, frames))
+    _, seconds = timed(lambda: (every5.add_chunk(detector, frames), every5.flush()))
     result["detect_every5_fps_h240"] = round(len(frames) / seconds, 2)
     tracks = track_faces(every5, np.array([0]))
     crops, seconds = timed(lambda: _crop(tracks, frames))
@@ -93,6 +95,7 @@ def main() -> None:
             result[key] = round(seconds / track_seconds, 3)
             rows.append({"model": model, "mode": mode, "track_seconds": track_seconds, "s_per_track_s": result[key]})
     result["track_seconds_scored"] = track_seconds
+    result.update(_batches_and_threads(profile, features, short, short_crops, track_seconds))
 
     embedder = FaceEmbedder(profile, "cpu")
     faces = np.concatenate(crops.faces)[:32]
@@ -106,6 +109,31 @@ def main() -> None:
     merge_results("asd", merged)
     print(table(rows, ["model", "mode", "track_seconds", "s_per_track_s"]))
     print({k: v for k, v in result.items()})
+
+
+def _batches_and_threads(profile, features, tracks, crops, track_seconds: float) -> dict:
+    """Multi-mode TalkNet at 250 and 1,500 frames per forward, and TalkNet single at 1 and 2 torch
+    threads, alternated three times (best of each): the defaults of ScoreParams.batch_frames and
+    of --threads come from these ratios."""
+    scorer = build_scorer(profile, "cpu", "talknet")
+    threads = torch.get_num_threads()
+    variants = {
+        "talknet_multi_batch250": lambda: score_tracks(scorer, features, tracks, crops, ScoreParams("multi", 250)),
+        "talknet_multi_batch1500": lambda: score_tracks(scorer, features, tracks, crops, ScoreParams("multi", 1500)),
+        "talknet_single_threads1": lambda: _with_threads(1, score_tracks, scorer, features, tracks, crops),
+        "talknet_single_threads2": lambda: _with_threads(2, score_tracks, scorer, features, tracks, crops),
+    }
+    best = {name: float("inf") for name in variants}
+    for _ in range(3):
+        for name, run in variants.items():
+            best[name] = min(best[name], timed(run)[1])
+    torch.set_num_threads(threads)
+    return {f"{name}_s_per_track_s": round(seconds / track_seconds, 3) for name, seconds in best.items()}
+
+
+def _with_threads(count: int, fn, *args):
+    torch.set_num_threads(count)
+    return fn(*args)
 
 
 def _previous_runs() -> dict:

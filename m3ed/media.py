@@ -159,6 +159,52 @@ def iter_frames(path: str | Path, start: float, end: float, fps: float = 25.0, h
                          f"from {start:.3f} s (truncated file?) {_tail(stderr)}")
 
 
+class FrameCache:
+    """Consecutive decoded frame chunks held for a later step, up to about ``limit_bytes``.
+
+    The owner adds chunks in order (:meth:`add`) and drops what it no longer needs
+    (:meth:`drop_before`); it checks :attr:`over_limit` and decides what to give up. Frames
+    ``first .. end - 1`` of the stream are held.
+    """
+
+    def __init__(self, limit_bytes: int):
+        if limit_bytes < 0:
+            raise ValueError(f"frame cache limit {limit_bytes} bytes: must be >= 0")
+        self.limit_bytes = limit_bytes
+        self._chunks: list[tuple[int, np.ndarray]] = []   # (index of its first frame, frames)
+        self.first = self.end = 0
+        self.nbytes = 0
+
+    @property
+    def over_limit(self) -> bool:
+        return self.nbytes > self.limit_bytes
+
+    def add(self, frames: np.ndarray) -> None:
+        if len(frames):
+            self._chunks.append((self.end, frames))
+            self.nbytes += frames.nbytes
+        self.end += len(frames)
+        if not self._chunks:
+            self.first = self.end
+
+    def drop_before(self, frame: int) -> None:
+        """Forget frames before ``frame`` (whole chunks; a chunk that reaches past it is cut)."""
+        kept = []
+        for first, frames in self._chunks:
+            if first + len(frames) <= frame:
+                continue
+            if first < frame:
+                frames, first = frames[frame - first:].copy(), frame   # a copy lets the chunk go
+            kept.append((first, frames))
+        self._chunks = kept
+        self.nbytes = sum(frames.nbytes for _, frames in kept)
+        self.first = max(self.first, min(frame, self.end))
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index of the first frame, frames)`` of every chunk held, in order."""
+        return iter(list(self._chunks))
+
+
 def decode_frames(path: str | Path, start: float, end: float, fps: float = 25.0, height: int | None = None,
                   info: MediaInfo | None = None) -> np.ndarray:
     """All frames of a span as one array (see :func:`iter_frames`)."""

@@ -20,7 +20,7 @@ from m3ed.store import FeatureReader
 from pathlib import Path
 
 LIGHT_ASD_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "weights" / "light_asd_finetuning_TalkSet.model"
-DIALOGUE = "sampleval_1"   # 10 s two-shot: the talking carphone head and the astronaut photo
+DIALOGUE = "sampleval_1"   # 10 s two-shot: the carphone head and the astronaut, each talking on its own lines
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_speaker_faces_for_every_utterance(asd_out, sample_corpus):
             assert np.all((found[:, 6] >= 0) & (found[:, 6] <= 1))
 
 
-def test_track_file_has_both_faces_with_scores(asd_out):
+def test_track_file_has_both_faces_with_scores(asd_out, sample_corpus):
     record = read_dialogue_faces(asd_out, DIALOGUE)
     assert record["frame_width"] == 640 and record["fps"] == 25.0
     tracks = record["tracks"]
@@ -66,9 +66,16 @@ def test_track_file_has_both_faces_with_scores(asd_out):
     for t in tracks:
         assert len(t["frames"]) == len(t["boxes"]) == len(t["asd_prob"]) > 200
     if LIGHT_ASD_WEIGHTS.exists():
-        # real ASD: the moving, talking head (left) speaks more than the still photo (right)
+        # real ASD: each face talks only during its own character's lines (A: the carphone head on
+        # the left, B: the astronaut on the right), and there it is seen speaking
         left, right = sorted(tracks, key=lambda t: t["boxes"][0][0])
-        assert np.nanmean(np.array(left["asd_prob"], float)) > np.nanmean(np.array(right["asd_prob"], float))
+        for track, speaker in ((left, "A"), (right, "B")):
+            frames, prob = np.asarray(track["frames"]), np.array(track["asd_prob"], float)
+            own = np.zeros(len(frames), bool)
+            for u in sample_corpus[DIALOGUE].utterances:
+                if u.speaker == speaker:
+                    own |= (frames >= round(u.start * 25)) & (frames < round(u.end * 25))
+            assert own.sum() > 50 and np.nanmean(prob[own]) > 0.8
 
 
 def test_stage1_finds_speaking_faces_with_real_weights(asd_out, sample_corpus):
@@ -135,3 +142,21 @@ def test_faces_command_writes_tracks(tmp_path, capsys):
     track = record["tracks"][0]
     assert len(track["frames"]) == len(track["boxes"]) >= 14
     assert "1 track(s)" in capsys.readouterr().out
+
+
+def test_run_records_the_threads_used(asd_out):
+    import json
+
+    config = json.loads((asd_out / "run.json").read_text())["config"]
+    assert isinstance(config["threads"], int) and config["threads"] >= 1
+    assert config["detect_every"] == 5 and config["asd_frames"] == "utterances"
+
+
+def test_track_frames_outside_utterances_are_not_scored(asd_out, sample_corpus):
+    from m3ed.asd.assign import utterance_frames
+
+    inside = {int(f) for u in sample_corpus[DIALOGUE].utterances for f in utterance_frames(u, 25.0)}
+    for t in read_dialogue_faces(asd_out, DIALOGUE)["tracks"]:
+        scored = {f for f, p in zip(t["frames"], t["asd_prob"]) if p is not None}
+        assert inside & set(t["frames"]) <= scored            # every frame assignment reads has its score
+        assert all(min(abs(f - g) for g in inside) <= 25 for f in scored)   # the rest: 1 s of context at most

@@ -32,7 +32,7 @@ def bikes() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def detector() -> FaceDetector:
-    return FaceDetector(DetectionParams(height=None))
+    return FaceDetector(DetectionParams(every=1, height=None))   # the exact setting
 
 
 @pytest.fixture(scope="module")

@@ -116,8 +116,10 @@ class TrackCrops:
         self._done = [np.zeros(len(t), bool) for t in self.tracks]
         self._next = 0
 
-    def add_chunk(self, frames: np.ndarray) -> None:
-        first, self._next = self._next, self._next + len(frames)
+    def add_chunk(self, frames: np.ndarray, first: int | None = None) -> None:
+        """Cut the crops of ``frames``: dialogue frames ``first ..`` (default: after the previous chunk)."""
+        first = self._next if first is None else first
+        self._next = first + len(frames)
         for i, track in enumerate(self.tracks):
             lo, hi = max(track.first, first), min(track.last + 1, self._next)
             s, x, y = self._smooth[i]
@@ -130,6 +132,23 @@ class TrackCrops:
                 if j < len(self.face_positions[i]) and self.face_positions[i][j] == k:
                     self.faces[i][j] = _face_crop(image, self.embed_box(track.boxes[k]), self.embed_size,
                                                   self.embed_margin)
+
+    @classmethod
+    def merge(cls, parts: Sequence["TrackCrops"], tracks: Sequence[Track]) -> "TrackCrops":
+        """One set of crops for ``tracks``, each found in one of ``parts`` (cut separately, e.g. shot by shot)."""
+        where = {id(t): (part, k) for part in parts for k, t in enumerate(part.tracks)}
+        missing = [t.track_id for t in tracks if id(t) not in where]
+        if missing:
+            raise ValueError(f"tracks {missing} have no crops in any part")
+        merged = cls.__new__(cls)
+        merged.tracks = list(tracks)
+        first = parts[0] if parts else cls([])
+        merged.cs, merged.embed_size, merged.embed_margin = first.cs, first.embed_size, first.embed_margin
+        merged.embed_box = first.embed_box
+        for name in ("_smooth", "asd", "face_positions", "faces", "_done"):
+            setattr(merged, name, [getattr(where[id(t)][0], name)[where[id(t)][1]] for t in tracks])
+        merged._next = max((part._next for part in parts), default=0)
+        return merged
 
     def check_complete(self) -> None:
         for track, done in zip(self.tracks, self._done):

@@ -4,7 +4,13 @@ Frames arrive in chunks from one decode of the dialogue (:meth:`m3ed.locate.Medi
 Every ``every``-th frame of the dialogue is detected (the tracker interpolates the others),
 after rescaling to ``height`` pixels (faster, and the detector's pyramid starts at
 ``min_face_size``); boxes are returned in the original frame's pixels. Frames go to MTCNN in
-batches of equal size (``MTCNN.detect`` accepts ``[n,H,W,3]``).
+batches of equal size (``MTCNN.detect`` accepts ``[n,H,W,3]``), gathered across decode chunks
+(:class:`Detections` keeps the rescaled frames until a batch is full), so that a sparse schedule
+still fills its batches. On CUDA the batches are larger and MTCNN runs on the GPU.
+
+The default schedule, every 5th frame at 240 px, was chosen from the agreement with every-frame
+detection at native size measured by ``bench/bench_asd_agreement.py`` (README, "Active speaker
+detection"); ``--detect-every 1 --detect-height 0`` is the exact setting.
 
 Thresholds (named in :class:`DetectionParams`):
 
@@ -30,18 +36,27 @@ NO_FACES = np.zeros((0, 5), np.float32)
 
 @dataclass(frozen=True)
 class DetectionParams:
-    every: int = 1                  # detect on every k-th frame (0, k, 2k, ...); the tracker interpolates
-    height: int | None = 360        # detection height in pixels (None: native); never upscales
+    every: int = 5                  # detect on every k-th frame (0, k, 2k, ...); the tracker interpolates
+    height: int | None = 240        # detection height in pixels (None: native); never upscales
     min_face_size: int = 20         # smallest face MTCNN looks for, pixels at the detection height
     stage_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     min_probability: float = 0.9    # drop faces below this final probability (TalkNet demo: 0.9)
-    batch_size: int = 16            # frames per MTCNN call
+    batch_size: int | None = None   # frames per MTCNN call (None: 16 on CPU, 128 on CUDA)
 
     def __post_init__(self):
         if self.every < 1:
             raise ValueError(f"detection every={self.every}: must be >= 1 (1 = every frame)")
         if self.height is not None and self.height < 32:
             raise ValueError(f"detection height={self.height}: must be at least 32 pixels (or None for native)")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"detection batch_size={self.batch_size}: must be >= 1 (or None for the device's default)")
+
+    def batch_for(self, device: torch.device) -> int:
+        """Frames per MTCNN call: on CPU more frames per call gain little (MTCNN's time goes to
+        per-candidate work); on a GPU large batches keep it busy."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 128 if device.type == "cuda" else 16
 
 
 @contextmanager
@@ -81,21 +96,35 @@ class FaceDetector:
         height = self.params.height
         return 1.0 if height is None or height >= frame_height else height / frame_height
 
+    @property
+    def batch_size(self) -> int:
+        return self.params.batch_for(self.device)
+
     def detect(self, frames: np.ndarray) -> list[np.ndarray]:
         """``[n,H,W,3]`` RGB uint8 -> n arrays ``[k,5]`` (x1, y1, x2, y2, probability), original pixels."""
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be [n, height, width, 3] RGB, got shape {frames.shape}")
+        _check_frames(frames)
         scale = self.scale(frames.shape[1])
         results: list[np.ndarray] = []
-        for first in range(0, len(frames), self.params.batch_size):
-            batch = frames[first:first + self.params.batch_size]
-            if scale != 1.0:
-                size = (max(1, round(frames.shape[2] * scale)), max(1, round(frames.shape[1] * scale)))
-                batch = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in batch])
-            with torch.inference_mode(), _one_thread_on_cpu(self.device):
-                boxes, probs = self.mtcnn.detect(np.ascontiguousarray(batch))
-            results.extend(self._faces(b, p, scale) for b, p in zip(boxes, probs))
+        for first in range(0, len(frames), self.batch_size):
+            results.extend(self.detect_rescaled(self.rescale(frames[first:first + self.batch_size]), scale))
         return results
+
+    def rescale(self, frames: np.ndarray) -> np.ndarray:
+        """Frames at the detection height (the same array when no rescaling is needed)."""
+        _check_frames(frames)
+        scale = self.scale(frames.shape[1])
+        if scale == 1.0:
+            return frames
+        size = (max(1, round(frames.shape[2] * scale)), max(1, round(frames.shape[1] * scale)))
+        return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+
+    def detect_rescaled(self, frames: np.ndarray, scale: float) -> list[np.ndarray]:
+        """Faces of frames already at the detection height (one MTCNN call); ``scale`` from :meth:`scale`."""
+        if len(frames) == 0:
+            return []
+        with torch.inference_mode(), _one_thread_on_cpu(self.device):
+            boxes, probs = self.mtcnn.detect(np.ascontiguousarray(frames))
+        return [self._faces(b, p, scale) for b, p in zip(boxes, probs)]
 
     def _faces(self, boxes, probs, scale: float) -> np.ndarray:
         if boxes is None:
@@ -107,25 +136,58 @@ class FaceDetector:
 
 
 class Detections:
-    """Faces per detected frame of one dialogue (frames ``0, every, 2*every, ...``), filled chunk by chunk."""
+    """Faces per detected frame of one dialogue (frames ``0, every, 2*every, ...``), filled chunk by chunk.
+
+    The chunk's frames on the grid are rescaled at once and wait (small) until a full batch goes to
+    the detector; reading :attr:`faces` (or :meth:`frames`) detects what still waits.
+    """
 
     def __init__(self, every: int = 1):
         self.every = every
-        self.faces: dict[int, np.ndarray] = {}
+        self._faces: dict[int, np.ndarray] = {}
         self.frame_count = 0
         self.frame_size: tuple[int, int] | None = None  # (height, width)
+        self._detector: FaceDetector | None = None
+        self._waiting: list[tuple[int, np.ndarray]] = []   # (frame index, rescaled frame)
+
+    @property
+    def faces(self) -> dict[int, np.ndarray]:
+        self.flush()
+        return self._faces
+
+    @faces.setter
+    def faces(self, faces: dict[int, np.ndarray]) -> None:
+        self._waiting = []
+        self._faces = faces
 
     def add_chunk(self, detector: FaceDetector, frames: np.ndarray) -> None:
-        """Detect the chunk's frames that fall on the ``every`` grid; ``frames`` follow the previous chunk."""
+        """Queue the chunk's frames that fall on the ``every`` grid; ``frames`` follow the previous chunk."""
         first = self.frame_count
         self.frame_count += len(frames)
         if len(frames) == 0:
             return
+        if self._detector is not None and detector is not self._detector:
+            self.flush()
+        self._detector = detector
         self.frame_size = frames.shape[1:3]
         offsets = np.arange((-first) % self.every, len(frames), self.every)
         if len(offsets):
-            for offset, faces in zip(offsets, detector.detect(frames[offsets])):
-                self.faces[first + int(offset)] = faces
+            self._waiting.extend(zip((first + offsets).tolist(), detector.rescale(frames[offsets])))
+        while len(self._waiting) >= detector.batch_size:
+            self._detect(self._waiting[:detector.batch_size])
+            del self._waiting[:detector.batch_size]
+
+    def flush(self) -> None:
+        """Detect the frames still waiting for a full batch."""
+        if self._waiting:
+            waiting, self._waiting = self._waiting, []
+            self._detect(waiting)
+
+    def _detect(self, waiting: list[tuple[int, np.ndarray]]) -> None:
+        scale = self._detector.scale(self.frame_size[0])
+        found = self._detector.detect_rescaled(np.stack([frame for _, frame in waiting]), scale)
+        for (index, _), faces in zip(waiting, found):
+            self._faces[index] = faces
 
     def frames(self) -> np.ndarray:
         """The detected frame indices, ascending."""
@@ -140,4 +202,10 @@ def detect_faces(detector: FaceDetector, chunks: Iterable[np.ndarray]) -> Detect
     detections = Detections(detector.params.every)
     for chunk in chunks:
         detections.add_chunk(detector, chunk)
+    detections.flush()
     return detections
+
+
+def _check_frames(frames: np.ndarray) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [n, height, width, 3] RGB, got shape {frames.shape}")

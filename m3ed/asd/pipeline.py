@@ -44,7 +44,7 @@ from .detect import DetectionParams, Detections, FaceDetector
 from .embed import EMBEDDERS, FaceEmbedder
 from .score import ASD_MODELS, ScoreParams, build_scorer, checkpoint_provenance, dialogue_mfcc, track_scores
 from .shots import ShotDetector, ShotParams
-from .track import Track, TrackingParams, number_tracks, track_faces, track_shots
+from .track import Track, TrackingParams, number_tracks, track_shots
 
 log = logging.getLogger(__name__)
 

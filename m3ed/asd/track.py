@@ -91,6 +91,13 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 def track_faces(detections: Detections, shots: np.ndarray, params: TrackingParams = TrackingParams()) -> list[Track]:
     """All face tracks of a dialogue, shot by shot, numbered from 0 in order of first frame."""
+    return number_tracks(track_shots(detections, shots, 0, None, params))
+
+
+def track_shots(detections: Detections, shots: np.ndarray, first: int = 0, stop: int | None = None,
+                params: TrackingParams = TrackingParams()) -> list[Track]:
+    """The tracks of shots ``first`` to ``stop - 1`` (default: the last), unnumbered. A shot's tracks
+    depend on its own detections only, so shots can be tracked as soon as they end."""
     if detections.every > params.max_gap:
         raise ValueError(f"detecting every {detections.every} frames leaves gaps larger than max_gap="
                          f"{params.max_gap}; no track could continue. Use every <= {params.max_gap}.")
@@ -100,7 +107,8 @@ def track_faces(detections: Detections, shots: np.ndarray, params: TrackingParam
     shots = shots if len(shots) else np.zeros(1, np.int64)
     ends = np.append(shots[1:], max(detections.frame_count, int(frames[-1]) + 1))
     tracks: list[Track] = []
-    for shot, (start, end) in enumerate(zip(shots, ends)):
+    for shot in range(first, len(shots) if stop is None else stop):
+        start, end = shots[shot], ends[shot]
         if end - start < params.min_track:
             continue
         in_shot = frames[(frames >= start) & (frames < end)]
@@ -110,7 +118,12 @@ def track_faces(detections: Detections, shots: np.ndarray, params: TrackingParam
             if track is not None and len(frame_list) * detections.every > params.min_track \
                     and _mean_side(track.boxes) > params.min_face_size:
                 tracks.append(track)
-    tracks.sort(key=lambda t: (t.first, t.boxes[0, 0]))
+    return tracks
+
+
+def number_tracks(tracks: list[Track]) -> list[Track]:
+    """Sort tracks by first frame (then left edge) and number them from 0."""
+    tracks = sorted(tracks, key=lambda t: (t.first, t.boxes[0, 0]))
     for number, track in enumerate(tracks):
         track.track_id = number
     return tracks

