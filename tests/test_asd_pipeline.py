@@ -19,7 +19,8 @@ from m3ed.store import FeatureReader
 
 from pathlib import Path
 
-LIGHT_ASD_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "weights" / "light_asd_finetuning_TalkSet.model"
+LIGHT_ASD_WEIGHTS = (Path(__file__).resolve().parents[2] / "shared" / "reference" / "weights"
+                     / "light_asd_finetuning_TalkSet.model")
 DIALOGUE = "sampleval_1"   # 10 s two-shot: the carphone head and the astronaut, each talking on its own lines
 
 

@@ -172,5 +172,5 @@ class FaceEmbedder:
             else:
                 x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - 127.5) / 128.0  # fixed_image_standardization
             y = self.model(x.to(self.device)).float()
-            out[first:first + len(batch)] = torch.nn.functional.normalize(y, dim=1).cpu().numpy()
+            out[first:first + len(batch)] = torch.nn.functional.normalize(y.float(), dim=1).cpu().numpy()
         return out

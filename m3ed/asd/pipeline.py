@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..corpus import Dialogue
+from ..device import autocast
 from ..media import FrameCache, MediaError
 from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register_stage
 from ..store import Failure, atomic_write_text
@@ -143,9 +144,10 @@ def read_dialogue_faces(out_dir: str | Path, dialogue_id: str) -> dict:
 class AsdPipeline:
     """The models and thresholds of ASD; :meth:`run` does one dialogue. The device is given once."""
 
-    def __init__(self, config: AsdConfig, profile, device: str | torch.device = "cpu"):
+    def __init__(self, config: AsdConfig, profile, device: str | torch.device = "cpu", precision: str = "fp32"):
         self.config = config
         self.device = torch.device(device)
+        self.precision = precision   # bf16/fp16 autocast of the ASD model and the embedder, on CUDA only
         self.detector = FaceDetector(config.detection, self.device)
         self.scorer = build_scorer(profile, self.device, config.model, config.checkpoint)
         self.embedder = FaceEmbedder(profile, str(self.device), model=config.embedder,
@@ -156,8 +158,10 @@ class AsdPipeline:
         span = media.locate(dialogue)
         audio = media.audio(span)
         faces, crops = self.find_faces(dialogue.id, lambda: media.frames(span, fps=self.config.fps, chunk=CHUNK_FRAMES))
-        faces.scores, faces.demo_scores = self.score(faces.tracks, crops, audio, self.needed_frames(dialogue, faces.tracks))
-        embeddings = self.embed(faces.tracks, crops)
+        with autocast(self.device, self.precision):
+            faces.scores, faces.demo_scores = self.score(faces.tracks, crops, audio,
+                                                         self.needed_frames(dialogue, faces.tracks))
+            embeddings = self.embed(faces.tracks, crops)
         speaker_faces = assign_speakers(dialogue, faces.tracks, faces.scores, embeddings, self.config.fps,
                                         self.config.assign, stage1_scores=faces.demo_scores)
         return faces, speaker_faces
@@ -279,12 +283,13 @@ class AsdStage(Stage):
     feature_sets = (FEATURE_SET,)
 
     def __init__(self, config: AsdConfig, profile, device: str = "cpu", out_dir: str | Path | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, precision: str = "fp32"):
         self.config = config
         self.threads = threads   # torch threads while this stage works (None: as they are)
         self.profile = profile
         self.out_dir = Path(out_dir) if out_dir else None
-        self.pipeline = AsdPipeline(config, profile, device)
+        self.precision = precision
+        self.pipeline = AsdPipeline(config, profile, device, precision)
         embedder = self.pipeline.embedder   # recorded now: close() releases the models
         self.embedder_provenance = {"face_embedder": embedder.name, "face_embedder_weights": embedder.source,
                                     "face_embedder_authors_cast": embedder.authors_cast}
@@ -343,7 +348,8 @@ class AsdStage(Stage):
         threads = getattr(args, "threads", None)
         if threads is not None and threads < 1:
             raise ValueError(f"--threads {threads}: must be >= 1")
-        return cls(config, context.profile, context.device, context.store.root, threads=threads)
+        return cls(config, context.profile, context.device, context.store.root, threads=threads,
+                   precision=context.precision)
 
     def provenance(self) -> dict:
         c = self.config
@@ -351,7 +357,8 @@ class AsdStage(Stage):
                 **checkpoint_provenance(self.profile, c.model, c.checkpoint),
                 **self.embedder_provenance,
                 "detection": asdict(c.detection), "shots": asdict(c.shots), "tracking": asdict(c.tracking),
-                "scoring": asdict(c.scoring), "assign": asdict(c.assign), "embed_every": c.embed_every, "fps": c.fps}
+                "scoring": asdict(c.scoring), "assign": asdict(c.assign), "embed_every": c.embed_every, "fps": c.fps,
+                **({"precision": self.precision} if self.precision != "fp32" else {})}
 
     def attrs(self, feature_set: str) -> dict:
         return {"columns": list(COLUMNS), "frame_rate": self.config.fps, "box_units": "native video pixels",

@@ -21,8 +21,8 @@ Modes (:class:`ScoreParams.mode`):
   Use ``--asd-mode multi`` to reproduce the reference.
 
 Chunks of equal length are batched across tracks, at most ``batch_frames`` video frames per
-forward (one longer chunk goes alone). Small batches are faster on CPU than large ones: 250
-frames measured 39 % less time than 1,500 in ``multi`` mode (large activations leave the caches).
+forward (one longer chunk goes alone): 250 bounds the activations' memory, which grows with the
+batch; the scores do not depend on it (tested).
 
 Only what is needed is scored (``needed``, per track a boolean mask; the asd stage passes the
 frames inside some utterance, since assignment reads nothing else). ``multi`` scores the chunks of
