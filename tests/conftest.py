@@ -50,6 +50,18 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def same_threads_as_the_workers():
+    """Byte-identical output needs the same kernels: this process runs at the one thread that the
+    other processes (shards, Ray actors with one CPU each) use, whatever the suite's thread setting."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def models_cache(tmp_path_factory) -> Path:
     """One cache of locally built tiny models for the whole session."""

@@ -15,18 +15,6 @@ ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("same_threads_as_the_workers")]
 
 
-@pytest.fixture(scope="module", autouse=False)
-def same_threads_as_the_workers():
-    """Byte-identical output needs the same kernels: this process runs at the one thread that the
-    other processes (shards, Ray actors with one CPU each) use, whatever the suite's thread setting."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
