@@ -173,14 +173,17 @@ def run_extract(args: argparse.Namespace) -> int:
         return EXIT_DATA_FAILURES if record["failed_dialogues"] or record["refused_utterances"] else EXIT_OK
     code = report_run(context.store, record)
     if not args.no_report and not record.get("read_only"):
-        from .report import write_report
-
-        try:
-            print(f"report: {write_report(context.store.root)}")
-        except Exception as e:  # the features are written; a report problem must not hide that
-            log.warning("could not write the report (%s: %s); `m3ed report %s` retries it", type(e).__name__, e,
-                        context.store.root)
+        _write_report(context.store.root)
     return code
+
+
+def _write_report(out_dir: Path) -> None:
+    from .report import write_report
+
+    try:
+        print(f"report: {write_report(out_dir)}")
+    except Exception as e:  # the features are written; a report problem must not hide that
+        log.warning("could not write the report (%s: %s); `m3ed report %s` retries it", type(e).__name__, e, out_dir)
 
 
 def report_run(store: FeatureStore, record: dict) -> int:
@@ -292,12 +295,7 @@ def _run_merge(args: argparse.Namespace) -> int:
     record = merge(args.out)
     code = report_run(FeatureStore(args.out), record)
     if not args.no_report:
-        from .report import write_report
-
-        try:
-            print(f"report: {write_report(args.out)}")
-        except Exception as e:  # the features are published; a report problem must not hide that
-            log.warning("could not write the report (%s: %s)", type(e).__name__, e)
+        _write_report(args.out)
     return code
 
 

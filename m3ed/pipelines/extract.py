@@ -89,9 +89,9 @@ def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work:
     bar = tqdm(total=len(dialogues), desc=f"{stage.name:>6}", unit="dlg", disable=not progress, initial=len(done))
     todo = [group for group in groups if not all(d.id in done for d in group)]
     if ray_args is not None and todo:
-        outcomes = _on_ray(stage.name, ray_args, context, todo, digest, hashes, screening)
+        outcomes = _on_ray(stage.name, ray_args, context, todo, digest, hashes, screening, done)
     else:
-        outcomes = _locally(stage, context, todo, digest, hashes, screening)
+        outcomes = (o for group in todo for o in process_group(stage, context, group, digest, hashes, screening, done))
     for dialogue_id, error in outcomes:
         if dialogue_id in done:
             continue  # recomputed only so that the group's batches match an uninterrupted run
@@ -102,28 +102,29 @@ def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work:
         bar.update(1)
     bar.close()
     if publish:
-        publish_stage(store, corpus, publish_attrs(stage, corpus, screening), report)
+        publish_stage(store, corpus, publish_attrs(stage, corpus, screening), hashes, report)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _locally(stage, context, groups, digest, hashes, screening):
-    """``(dialogue id, error)`` of each dialogue of ``groups``, processed here; parts are written."""
-    for group in groups:
-        done = {d.id for d in group if all(context.store.is_done(fs, d.id, digest, hashes[d.id]) for fs in stage.feature_sets)}
-        for result in _process_group(stage, group, context):
-            if result.dialogue_id not in done:
-                _save(context.store, stage, _screened(stage, result, screening), digest, hashes[result.dialogue_id])
-            yield result.dialogue_id, result.error
+def process_group(stage, context, group, digest, hashes, screening, done) -> list[tuple[str, str | None]]:
+    """Process one group (here, or on a Ray actor) and write the parts of its dialogues that are not
+    ``done``; ``(dialogue id, error)`` of each."""
+    outcome = []
+    for result in _process_group(stage, group, context):
+        if result.dialogue_id not in done:
+            _save(context.store, stage, _screened(stage, result, screening), digest, hashes[result.dialogue_id])
+        outcome.append((result.dialogue_id, result.error))
+    return outcome
 
 
-def _on_ray(name, args, context, groups, digest, hashes, screening):
-    """The same, on a pool of Ray actors (:mod:`m3ed.pipelines.ray_engine`)."""
+def _on_ray(name, args, context, groups, digest, hashes, screening, done):
+    """:func:`process_group` for every group, on a pool of Ray actors (:mod:`m3ed.pipelines.ray_engine`)."""
     from .ray_engine import RayGroups
 
     pool = RayGroups(name, args, context, len(groups))
     try:
-        yield from pool.run(groups, digest, hashes, screening)
+        yield from pool.run(groups, digest, hashes, screening, done)
     finally:
         pool.close()
 
@@ -137,8 +138,8 @@ def publish_attrs(stage: Stage, corpus: Corpus, screening: Screening) -> dict[st
     return {fs: {**common, **stage.attrs(fs)} for fs in stage.feature_sets}
 
 
-def publish_stage(store: FeatureStore, corpus: Corpus, attrs: dict[str, dict], report: StageReport) -> None:
-    hashes = {d.id: dialogue_hash(d) for d in corpus}
+def publish_stage(store: FeatureStore, corpus: Corpus, attrs: dict[str, dict], hashes: dict[str, str],
+                  report: StageReport) -> None:
     for fs, fs_attrs in attrs.items():
         path = store.publish(fs, corpus, fs_attrs, dialogue_hashes=hashes)
         if path is None:
@@ -304,7 +305,7 @@ def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progr
                                       screening=screening)
             failures += [f for f in previous if f.feature_set == "cut" and f.dialogue_id not in work_ids]
             failures += cut_failures
-            notes += [Failure("cut", d, u, note) for u, (d, note) in screening.clipped.items()]
+            notes += _clip_notes("cut", screening)
             record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3),
                                        "failed": len(cut_failures), "clips": str(store.clips_dir)}
             continue
@@ -315,10 +316,9 @@ def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progr
             stage.close()
         produced.update(stage.feature_sets)
         for fs in stage.feature_sets:
-            failures += _refusals(fs, context.corpus, screening)
-            failures += [f for f in store.failures(fs, context.corpus, previous) if f.dialogue_id not in screening.refused]
+            failures += _recorded_failures(store, fs, context.corpus, screening, previous)
             if stage.uses_media:
-                notes += [Failure(fs, d, u, note) for u, (d, note) in screening.clipped.items()]
+                notes += _clip_notes(fs, screening)
             if not keep_parts and not report.dialogues_failed and not read_only:
                 store.remove_parts(fs)
         record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance()}
@@ -416,9 +416,10 @@ def _merge_locked(store: FeatureStore, corpus: Corpus, records: list[dict], coun
         owner = Shard.group_owners([d for d in corpus if d.id not in refused], entry["group_size"], count)
         for fs, attrs in entry["attrs"].items():
             digest = attrs["config_hash"]
+            published = store.published_dialogues(fs, digest)
             for d in corpus:
                 if d.id in refused or store.is_done(fs, d.id, digest, hashes[d.id]) or store.is_failed(fs, d.id) \
-                        or store.published_dialogues(fs, digest).get(d.id) == hashes[d.id]:
+                        or published.get(d.id) == hashes[d.id]:
                     continue
                 other = store.part_config(fs, d.id)
                 if other is not None and other != digest:
@@ -438,15 +439,14 @@ def _merge_locked(store: FeatureStore, corpus: Corpus, records: list[dict], coun
     if any(r["stages"].get("cut") for r in records):
         failures += [Failure(**f) for r in sorted(records, key=lambda r: int(r["shard"].split("/")[0]))
                      for f in r.get("cut_failures", [])]
-        notes += [Failure("cut", d, u, note) for u, (d, note) in screening.clipped.items()]
+        notes += _clip_notes("cut", screening)
     report = StageReport("merge")
     for name, entry in stages.items():
-        publish_stage(store, corpus, entry["attrs"], report)
+        publish_stage(store, corpus, entry["attrs"], hashes, report)
         for fs in entry["attrs"]:
-            failures += _refusals(fs, corpus, screening)
-            failures += [f for f in store.failures(fs, corpus, previous) if f.dialogue_id not in refused]
+            failures += _recorded_failures(store, fs, corpus, screening, previous)
             if entry.get("uses_media"):
-                notes += [Failure(fs, d, u, note) for u, (d, note) in screening.clipped.items()]
+                notes += _clip_notes(fs, screening)
             store.remove_parts(fs)
     produced = {fs for entry in stages.values() for fs in entry["attrs"]} | {"cut"}
     failures = [f for f in previous if f.feature_set not in produced] + failures
@@ -478,9 +478,17 @@ def preflight(stages: list[str], args: argparse.Namespace, context: RunContext) 
             stage.close()
 
 
-def _refusals(feature_set: str, corpus: Corpus, screening: Screening) -> list[Failure]:
-    return [Failure(feature_set, d.id, None, f"dialogue refused: {screening.refused[d.id]}")
-            for d in corpus if d.id in screening.refused]
+def _recorded_failures(store: FeatureStore, feature_set: str, corpus: Corpus, screening: Screening,
+                       previous: list[Failure]) -> list[Failure]:
+    """A feature set's failures: its refused dialogues, then what its parts (or, for dialogues
+    carried over, ``previous``) record."""
+    refusals = [Failure(feature_set, d.id, None, f"dialogue refused: {screening.refused[d.id]}")
+                for d in corpus if d.id in screening.refused]
+    return refusals + [f for f in store.failures(feature_set, corpus, previous) if f.dialogue_id not in screening.refused]
+
+
+def _clip_notes(feature_set: str, screening: Screening) -> list[Failure]:
+    return [Failure(feature_set, d, u, note) for u, (d, note) in screening.clipped.items()]
 
 
 def _versions() -> dict:

@@ -63,16 +63,11 @@ def _worker_class():
             except OSError:
                 return None
 
-        def run(self, group_ids: list[str], digest: str, hashes: dict, screening) -> list[tuple[str, str | None]]:
-            from .extract import _process_group, _save, _screened
+        def run(self, group_ids: list[str], digest: str, hashes: dict, screening, done: set[str]):
+            from .extract import process_group
 
             group = [self.context.corpus[d] for d in group_ids]
-            outcome = []
-            for result in _process_group(self.stage, group, self.context):
-                _save(self.context.store, self.stage, _screened(self.stage, result, screening), digest,
-                      hashes[result.dialogue_id])
-                outcome.append((result.dialogue_id, result.error))
-            return outcome
+            return process_group(self.stage, self.context, group, digest, hashes, screening, done)
 
     return StageWorker
 
@@ -110,7 +105,8 @@ class RayGroups:
                                      f"--engine ray needs OUT on a filesystem every node mounts at the same path "
                                      f"(NFS, Lustre, CephFS, a ReadWriteMany volume)")
 
-    def run(self, groups: list[list], digest: str, hashes: dict, screening) -> Iterator[tuple[str, str | None]]:
+    def run(self, groups: list[list], digest: str, hashes: dict, screening,
+            already_done: set[str]) -> Iterator[tuple[str, str | None]]:
         ray = _ray()
         pending = {}
         queue = list(groups)
@@ -118,7 +114,8 @@ class RayGroups:
 
         def submit(actor) -> None:
             group = queue.pop(0)
-            ref = actor.run.remote([d.id for d in group], digest, hashes, screening)
+            ref = actor.run.remote([d.id for d in group], digest, hashes, screening,
+                                     already_done & {d.id for d in group})
             pending[ref] = actor
 
         while queue and idle:
