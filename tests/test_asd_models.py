@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from m3ed.weights import light_asd_checkpoint
 import torch
 
 from m3ed.models.checkpoint import (
@@ -33,11 +35,8 @@ DATA = Path(__file__).parent / "data"
 TALKNET_MANIFEST = DATA / "talknet_state_dict_manifest.json"
 LIGHT_ASD_MANIFEST = DATA / "light_asd_state_dict_manifest.json"
 DENSENET_MANIFEST = DATA / "densenet100_fer_state_dict_manifest.json"
-# The released Light-ASD weights live in the shared reference folder beside the repository; they are
-# never committed here.
-LIGHT_ASD_WEIGHTS = (
-    Path(__file__).resolve().parents[1].parent / "shared/reference/weights/light_asd_finetuning_TalkSet.model"
-)
+# The released Light-ASD weights ship in the package (m3ed/weights, MIT licence).
+LIGHT_ASD_WEIGHTS = light_asd_checkpoint()   # shipped in the package, sha256-checked
 ATOL = 1e-3
 
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from m3ed.weights import light_asd_checkpoint
+
 from m3ed.asd.assign import COLUMNS, Rule
 from m3ed.asd.pipeline import FEATURE_SET, read_dialogue_faces
 from m3ed.media import probe
 from m3ed.pipelines.cli import main
 from m3ed.store import FeatureReader
 
-from pathlib import Path
 
-LIGHT_ASD_WEIGHTS = (Path(__file__).resolve().parents[2] / "shared" / "reference" / "weights"
-                     / "light_asd_finetuning_TalkSet.model")
+LIGHT_ASD_WEIGHTS = light_asd_checkpoint()   # shipped in the package, sha256-checked
 DIALOGUE = "sampleval_1"   # 10 s two-shot: the carphone head and the astronaut, each talking on its own lines
 
 
