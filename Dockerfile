@@ -42,7 +42,7 @@ RUN (userdel --remove ubuntu 2>/dev/null || true) \
  && mkdir -p /cache /data && chown m3ed:m3ed /cache /data
 USER m3ed
 
-# Hub revisions of the paper profile's models, read by m3ed.prefetch and by runs.
+# Hub revisions of the paper profile's models, read by m3ed prefetch and by runs.
 ARG TEXT_REVISION=5c58d0b8ec1d9014354d691c538661bf00bfdb44
 ARG AUDIO_REVISION=99ccb2737be22b8bb50dcfcc39ad4d567fb90cfd
 ENV M3ED_TEXT_REVISION=$TEXT_REVISION M3ED_AUDIO_REVISION=$AUDIO_REVISION
@@ -51,13 +51,13 @@ ENV M3ED_TEXT_REVISION=$TEXT_REVISION M3ED_AUDIO_REVISION=$AUDIO_REVISION
 # VGGFace2 face-embedding weights, loaded once through the package's own loaders into /cache.
 # Empty (the default): nothing is fetched; a run downloads on first use into the mounted /cache.
 ARG PREFETCH=""
-RUN if [ -n "$PREFETCH" ]; then python -m m3ed.prefetch "$PREFETCH"; fi
+RUN if [ -n "$PREFETCH" ]; then m3ed prefetch "$PREFETCH"; fi
 # With weights inside the image a run must not reach the hub: a missing model fails at once.
 ENV HF_HUB_OFFLINE=${PREFETCH:+1}
 
 # Caches live in one volume. A new named volume starts as a copy of the image's /cache (prefetched
 # weights included); a bind mount or a Kubernetes volume starts as it is (fill it once with
-# `python -m m3ed.prefetch paper`).
+# `m3ed prefetch paper`).
 VOLUME ["/cache"]
 WORKDIR /data
 ENTRYPOINT ["m3ed-extract"]

@@ -1,7 +1,8 @@
-"""The device and the numeric precision, resolved in one place for every stage and trainer."""
+"""The device, the numeric precision and the CPU threads, resolved in one place for every stage and trainer."""
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -20,3 +21,27 @@ def autocast(device: str | torch.device, precision: str = "fp32"):
     if precision == "fp32" or not str(device).startswith("cuda"):
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def default_threads() -> int:
+    """Torch threads for a run: the cores not already busy, at least 1.
+
+    Measured on 2 cores (README, Benchmarks): beside a busy process, two threads ran small models
+    slower than one (threads wait for a core); on idle cores they help."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, cores - busy)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run the block with ``count`` torch threads (None: unchanged), then restore."""
+    if not count:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

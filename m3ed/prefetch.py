@@ -1,4 +1,4 @@
-"""Fetch a profile's model weights ahead of a run: ``python -m m3ed.prefetch paper``.
+"""Fetch a profile's model weights ahead of a run (``m3ed prefetch paper``, :mod:`m3ed.pipelines.prefetch`).
 
 For machines that have no network at run time: the Docker image (``--build-arg PREFETCH=paper``)
 and a shared cache volume filled once before a cluster job. Every model is loaded through the
@@ -16,15 +16,11 @@ and how to provide it).
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import EXIT_OK, EXIT_USAGE
-from .profiles import PROFILES, ModelUnavailable, Profile, cache_dir, get_profile
-from .weights import WeightsError
+from .profiles import Profile
 
 ASD_CHOICES = ("talknet", "light-asd")
 
@@ -74,50 +70,3 @@ def prefetch(steps: list[Step], out=sys.stdout) -> None:
     for i, step in enumerate(steps, 1):
         print(f"[{i}/{len(steps)}] {step.what}", file=out, flush=True)
         step.load()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m m3ed.prefetch",
-        description="Download the weights a run of m3ed-extract with "
-                    "PROFILE loads, into HF_HOME, TORCH_HOME and M3ED_CACHE, so that the run needs no network. "
-                    "With HF_HUB_OFFLINE=1, hub models are only looked up in the cache.",
-        epilog="The paper profile's DenseNet FER checkpoint is not public: pass it to m3ed-extract with "
-               "--fer-checkpoint (m3ed train-fer makes one), or give its URL here to cache it.")
-    parser.add_argument("profile", choices=sorted(PROFILES), help="the profile whose weights to fetch")
-    parser.add_argument("--text-revision", help="hub revision of the text model (default: $M3ED_TEXT_REVISION, "
-                                                "else the profile's)")
-    parser.add_argument("--audio-revision", help="hub revision of the audio model (default: $M3ED_AUDIO_REVISION, "
-                                                 "else the profile's)")
-    parser.add_argument("--asd-models", default="talknet",
-                        help=f"comma-separated ASD scorers to fetch, from {', '.join(ASD_CHOICES)} "
-                             "(default: %(default)s; Light-ASD's weights ship in the package)")
-    parser.add_argument("--fer-checkpoint", help="a DenseNet FER checkpoint URL (or file) to cache and check")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    asd_models = [m.strip() for m in args.asd_models.split(",") if m.strip()]
-    unknown = sorted(set(asd_models) - set(ASD_CHOICES))
-    if unknown:
-        parser.error(f"--asd-models: unknown {unknown}; choose from {', '.join(ASD_CHOICES)}")
-    profile = with_revisions(get_profile(args.profile), args.text_revision, args.audio_revision)
-    from .models.checkpoint import CheckpointError  # imports torch: not for --help
-
-    try:
-        prefetch(plan(profile, asd_models, args.fer_checkpoint))
-    except (ModelUnavailable, WeightsError) as e:
-        print(f"m3ed.prefetch: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except CheckpointError as e:  # downloaded, but not the expected weights (e.g. an HTML error page)
-        print(f"m3ed.prefetch: {e}\n  Delete the file and run again, or provide the file by hand.", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"profile {profile.name}: every model is cached (HF_HOME={os.environ.get('HF_HOME', 'default')}, "
-          f"TORCH_HOME={os.environ.get('TORCH_HOME', 'default')}, M3ED_CACHE={cache_dir()})")
-    return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,9 @@
 """What an extraction stage is, and the registry that finds stages by name.
 
 This contract sits below the stages (``m3ed.extract``, ``m3ed.asd``) and the runner that drives
-them (``m3ed.pipelines``). A stage class joins the registry with ``@register_stage``.
+them (``m3ed.pipelines``). A stage class joins the registry with ``@register_stage``; its options
+are a dataclass (``options``, a section of :class:`m3ed.config.ExtractConfig` named like the stage),
+and ``from_config(options, context)`` builds it, loading its models.
 
 A stage turns dialogues into features. The runner (:mod:`m3ed.pipelines.extract`) hands it fixed
 groups of consecutive dialogues (``group_size``), so that it can batch across dialogues; the group
@@ -11,10 +13,9 @@ failures, or an error for the whole dialogue. One bad dialogue never stops the o
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
@@ -52,13 +53,13 @@ class Stage:
     group_size: int = 1
     uses_media: bool = True   # reads picture or sound, so utterance times matter (m3ed.screening)
     needs: tuple[str, ...] = ()   # stages whose published output this one reads when it is built
+    options: ClassVar[type] = type(None)   # the dataclass of its options (m3ed.options.option fields)
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Command-line options of this stage (shown in ``m3ed-extract --help``)."""
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, context: RunContext) -> "Stage":
+    def from_config(cls, options: Any, context: RunContext) -> "Stage":
+        """Build the stage from its options: resolve them against the profile and load the models.
+        Raise :class:`m3ed.errors.ConfigurationError` (or ``ModelUnavailable``) for a configuration
+        that cannot work; per-dialogue problems belong to :meth:`process`."""
         raise NotImplementedError
 
     def preflight(self) -> None:
@@ -126,6 +127,12 @@ def stage_class(name: str) -> type[Stage]:
     if name not in registry:
         raise ValueError(f"unknown stage {name!r}; choose from {', '.join(stage_names())}")
     return registry[name]
+
+
+def build_stage(name: str, options: Any, context: RunContext) -> Stage:
+    """The stage ``name`` built from its options (``None``: the stage's defaults)."""
+    cls = stage_class(name)
+    return cls.from_config(options if options is not None else cls.options(), context)
 
 
 def failed_dialogue(dialogue: Dialogue, error: BaseException | str) -> DialogueResult:

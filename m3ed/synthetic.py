@@ -18,7 +18,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from . import __version__
 from .corpus import EMOTIONS, Corpus, Dialogue, Speaker, Utterance, utterance_id
 from .store import Failure, FeatureStore, config_hash
 
-__all__ = ["SyntheticConfig", "add_synthetic_parser", "make_synthetic"]
+__all__ = ["SyntheticConfig", "make_synthetic"]
 
 # An M3ED-like class prior (the corpus's label distribution, rounded), in EMOTIONS order.
 EMOTION_PRIOR = (0.13, 0.40, 0.13, 0.05, 0.16, 0.04, 0.09)
@@ -200,39 +199,3 @@ def make_synthetic(out_dir: str | Path, config: SyntheticConfig | None = None, *
               f"{sum(len(d.utterances) for d in corpus)} utterances, feature sets {', '.join(sorted(set_names))}; "
               f"{len(failures)} missing visual features recorded in failures.jsonl")
     return corpus
-
-
-# ---- CLI ------------------------------------------------------------------------------------------
-def _dims(text: str) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"--dims {text!r}: expected three integers TEXT,AUDIO,VISUAL, e.g. 768,1024,342")
-    return values  # type: ignore[return-value]
-
-
-def add_synthetic_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``m3ed make-synthetic`` to a CLI's subparsers."""
-    parser = subparsers.add_parser(
-        "make-synthetic", help="write a synthetic feature directory (tests, demos, benchmarks)",
-        description=__doc__.split("\n\n")[0])
-    defaults = SyntheticConfig()
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--dialogues", type=int, default=defaults.dialogues, help="number of dialogues (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
-    parser.add_argument("--dims", type=_dims, default=defaults.dims,
-                        help="feature dimensions TEXT,AUDIO,VISUAL (default 64,64,32; M3ED: 768,1024,342)")
-    parser.add_argument("--no-frames", action="store_true", help="write only the utterance-level sets")
-    parser.add_argument("--inertia", type=float, default=defaults.inertia,
-                        help="probability that a speaker keeps their previous emotion (default %(default)s)")
-    parser.set_defaults(func=_run)
-    return parser
-
-
-def _run(args: argparse.Namespace) -> int:
-    config = SyntheticConfig(dialogues=args.dialogues, seed=args.seed, dims=args.dims,
-                             frames=not args.no_frames, inertia=args.inertia)
-    make_synthetic(args.out, config, verbose=True)
-    return 0

@@ -15,7 +15,7 @@ from m3ed.extract.audio import (FRAME, FT_LAST, MEAN, NO_AUDIO, AudioConfig, Aud
 from m3ed.extract.batching import BatchBudget
 from m3ed.extract.hf_models import XLSR_FEATURES, XLSR_TINY, ModelSpec, model_spec
 from m3ed.locate import MediaSource, Timing
-from m3ed.stage import RunContext
+from m3ed.stage import RunContext, build_stage
 from m3ed.profiles import ModelUnavailable, get_profile
 from m3ed.store import FeatureStore
 
@@ -205,14 +205,13 @@ def test_missing_and_corrupted_models_fail_clearly(tmp_path, monkeypatch):
 
 
 def test_command_line_options_reach_the_stage(tmp_path, models_cache):
-    import argparse
+    from m3ed.pipelines.cli import build_extract_parser, config_from_args
 
-    parser = argparse.ArgumentParser()
-    AudioStage.add_arguments(parser)
-    defaults = AudioStage.from_args(parser.parse_args([]), context(tmp_path, []))
+    parser = build_extract_parser()
+    defaults = build_stage("audio", config_from_args(parser.parse_args([])).audio, context(tmp_path, []))
     assert (defaults.config.mean_max_seconds, defaults.config.mean_clip, defaults.config.ft_seconds) == (10.0, "before", None)
     args = parser.parse_args(["--audio-mean-max-seconds", "0", "--audio-ft-seconds", "4", "--audio-mean-clip", "after"])
-    stage = AudioStage.from_args(args, context(tmp_path, []))
+    stage = build_stage("audio", config_from_args(args).audio, context(tmp_path, []))
     assert (stage.config.mean_max_seconds, stage.config.ft_seconds, stage.config.chunk_seconds) == (0.0, 4.0, 30.0)
     assert stage.config.mean_clip == "after" and stage.provenance()["mean_clip"] == "after"
     assert stage.feature_sets == (FRAME, MEAN) and stage.provenance()["mean_max_seconds"] == 0.0

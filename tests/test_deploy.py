@@ -1,4 +1,4 @@
-"""deploy/ manifests, the Slurm scripts, the Dockerfile and ``m3ed.prefetch``, checked without a
+"""deploy/ manifests, the Slurm scripts, the Dockerfile and ``m3ed prefetch``, checked without a
 cluster, a Docker engine or the network: syntax, the settings that matter, and the shell glue run
 against stand-in commands."""
 from __future__ import annotations
@@ -166,7 +166,7 @@ def test_merge_job_merges_the_extract_jobs_out():
 def test_prefetch_job_fills_the_models_volume():
     job = one(K8S / "prefetch-job.yaml", "Job")
     c = container(pod_spec(job))
-    assert c["command"][:3] == ["python", "-m", "m3ed.prefetch"] and c["command"][3] == "paper"
+    assert c["command"] == ["m3ed", "prefetch", "paper"]
     extract = extract_job()
     assert mounted_claim(pod_spec(job), c, "/cache") == mounted_claim(pod_spec(extract), container(pod_spec(extract)), "/cache")
 
@@ -241,7 +241,7 @@ def test_dockerfile_entry_point_user_caches_and_prefetch():
     assert "PREFETCH" in args
     for name in ("TEXT_REVISION", "AUDIO_REVISION"):
         assert re.fullmatch(r"[0-9a-f]{40}", args.get(name, "")), f"ARG {name} must default to a commit hash"
-    assert any("m3ed.prefetch" in run and "$PREFETCH" in run for run in instructions("RUN"))
+    assert any("m3ed prefetch" in run and "$PREFETCH" in run for run in instructions("RUN"))
 
 
 def test_dockerignore_keeps_what_the_image_copies():
@@ -253,11 +253,11 @@ def test_dockerignore_keeps_what_the_image_copies():
                 assert f"!{src}" in patterns or f"!{src}/" in patterns, f"{src} is excluded from the build context"
 
 
-# ---- m3ed.prefetch -----------------------------------------------------------------------------------
+# ---- m3ed prefetch -----------------------------------------------------------------------------------
 def run_prefetch(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
     isolated = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
                 "TORCH_HOME": str(tmp_path / "torch"), "M3ED_CACHE": str(tmp_path / "m3ed"), **env}
-    return subprocess.run([sys.executable, "-m", "m3ed.prefetch", *argv], env=isolated, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "m3ed.pipelines.prefetch", *argv], env=isolated, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -1,7 +1,6 @@
 """The visual stage on a real clip, with a speaker_faces file as the asd stage writes it."""
 from __future__ import annotations
 
-import argparse
 import subprocess
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import skimage.data
 
 from m3ed.asd.assign import COLUMNS
 from m3ed.corpus import Corpus, Dialogue, Utterance
-from m3ed.extract.face import FRAME_SET, MEAN_SET, SPEAKER_FACES, FaceStage, crop_face
+from m3ed.extract.face import FRAME_SET, MEAN_SET, SPEAKER_FACES, FaceStage, VisualOptions, crop_face
 from m3ed.locate import MediaSource
 from m3ed.media import ffmpeg_exe
 from m3ed.stage import RunContext
@@ -72,7 +71,7 @@ def context(tmp_path_factory) -> RunContext:
 
 @pytest.fixture(scope="module")
 def stage(context) -> FaceStage:
-    return FaceStage.from_args(argparse.Namespace(), context)
+    return FaceStage.from_config(VisualOptions(), context)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +110,7 @@ def test_provenance_and_attrs(stage):
 
 
 def test_normalisation_constants_are_options(context, stage):
-    other = FaceStage.from_args(argparse.Namespace(fer_mean=128.0, fer_std=64.0), context)
+    other = FaceStage.from_config(VisualOptions(mean=128.0, std=64.0), context)
     assert other.provenance()["mean"] == 128.0 and other.provenance()["std"] == 64.0
     face = crop_face(np.asarray(skimage.data.astronaut()), FACE_BOX * 1.6)
     mine, theirs = stage._features({"u": [face]})["u"], other._features({"u": [face]})["u"]
@@ -121,13 +120,13 @@ def test_normalisation_constants_are_options(context, stage):
 def test_the_asd_stage_must_have_run(context, tmp_path):
     bare = RunContext(corpus=context.corpus, media=context.media, store=FeatureStore(tmp_path), profile=context.profile)
     with pytest.raises(FileNotFoundError, match="run the asd stage first"):
-        FaceStage.from_args(argparse.Namespace(), bare)
+        FaceStage.from_config(VisualOptions(), bare)
 
 
 def test_paper_profile_needs_a_checkpoint(context):
     paper = RunContext(corpus=context.corpus, media=context.media, store=context.store, profile=get_profile("paper"))
     with pytest.raises(ModelUnavailable, match="m3ed train-fer"):
-        FaceStage.from_args(argparse.Namespace(fer_checkpoint=None), paper)
+        FaceStage.from_config(VisualOptions(checkpoint=None), paper)
 
 
 def test_square_crop_pads_outside_the_picture():
@@ -170,9 +169,10 @@ def test_stage_cuts_the_authors_crop_by_default(context, stage):
     frames = np.concatenate(list(context.media.frames(context.media.locate(context.corpus["clip_1"]), fps=25.0)))
     for crop, frame in zip(crops, frames[40:43]):
         np.testing.assert_array_equal(crop, authors_face(frame, tuple(FACE_BOX)))
-    parser = argparse.ArgumentParser()
-    FaceStage.add_arguments(parser)
-    square = FaceStage.from_args(parser.parse_args(["--fer-crop", "square"]), context)
+    from m3ed.pipelines.cli import build_extract_parser, config_from_args
+
+    square = FaceStage.from_config(config_from_args(build_extract_parser().parse_args(["--fer-crop", "square"])).visual,
+                                   context)
     assert square.config.crop == "square" and square.attrs(FRAME_SET)["crop_scale"] == 1.2
     assert not np.array_equal(square._crops(context.corpus["clip_1"], {"u": rows}, context)["u"][0], crops[0])
 
@@ -181,7 +181,9 @@ def test_through_the_runner_into_published_files(context):
     from m3ed.pipelines.extract import run_extraction
     from m3ed.store import FeatureReader
 
-    record = run_extraction(context.corpus, context, ["visual"], argparse.Namespace(), progress=False)
+    from m3ed.config import ExtractConfig, RunOptions
+
+    record = run_extraction(context.corpus, context, ExtractConfig(run=RunOptions(stages=("visual",), progress=False)))
     assert record["stages"]["visual"]["dialogues_done"] == 1
     with FeatureReader(context.store.feature_path(FRAME_SET)) as frames:
         assert sorted(frames.keys()) == ["clip_1_1", "clip_1_3"] and frames.dim == 342

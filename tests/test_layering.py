@@ -69,3 +69,45 @@ def test_two_stages_cannot_share_a_name():
     Impostor.name = "text"
     with pytest.raises(ValueError, match="two stages are named 'text'"):
         register_stage(Impostor)
+
+
+def test_only_the_commands_parse_arguments():
+    """argparse belongs to m3ed.pipelines (the commands); the library is configured with dataclasses."""
+    offenders = [str(path.relative_to(PACKAGE)) for path in sorted(PACKAGE.rglob("*.py"))
+                 if "argparse" in _imports(path) and path.relative_to(PACKAGE).parts[0] != "pipelines"]
+    assert offenders == []
+    assert "argparse" in _imports(PACKAGE / "pipelines" / "cli.py"), "the walk sees an argparse import"
+
+
+def test_every_stage_builds_from_its_section_of_the_configuration():
+    from m3ed.config import STAGE_SECTIONS, ExtractConfig
+
+    config = ExtractConfig()
+    for name, cls in stage_registry().items():
+        assert name in STAGE_SECTIONS and isinstance(config.stage_options(name), cls.options)
+
+
+def test_the_configuration_reads_back_from_its_json(tmp_path):
+    """run.json holds asdict(config); the same dataclass tree comes back, tuples included."""
+    import json
+
+    from m3ed.config import ExtractConfig
+
+    config = ExtractConfig()
+    config.run.stages, config.corpus.dialogues = ("text", "asd"), ("a", "b")
+    config.asd.detect_every, config.text.special_tokens, config.media.audio_shift = 3, "drop", 0.0
+    back = ExtractConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert back == config and back.run.stages == ("text", "asd")
+    assert back != ExtractConfig(), "a changed option changes the configuration"
+
+
+def test_command_line_and_python_api_give_the_same_configuration():
+    from m3ed.config import ExtractConfig
+    from m3ed.pipelines.cli import build_extract_parser, config_from_args
+
+    parser = build_extract_parser()
+    assert config_from_args(parser.parse_args([])) == ExtractConfig()
+    args = parser.parse_args(["--stages", "asd,text", "--detect-every", "3", "--no-report", "--strict", "--threads", "2"])
+    config = config_from_args(args)
+    assert config.run.stages == ("asd", "text") and config.asd.detect_every == 3 and config.run.threads == 2
+    assert config.run.report is False and config.corpus.strict is True

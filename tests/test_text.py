@@ -150,18 +150,18 @@ def test_batches_respect_the_budget_and_cover_every_item():
 
 
 def test_command_line_options_reach_the_stage(tmp_path, models_cache):
-    import argparse
-
     from m3ed.locate import MediaSource
     from m3ed.stage import RunContext
     from m3ed.store import FeatureStore
 
-    parser = argparse.ArgumentParser()
-    TextStage.add_arguments(parser)
-    assert parser.parse_args([]).text_special_tokens == "keep"
+    from m3ed.pipelines.cli import build_extract_parser, config_from_args
+    from m3ed.stage import build_stage
+
+    parser = build_extract_parser()
+    assert config_from_args(parser.parse_args([])).text.special_tokens == "keep"
     args = parser.parse_args(["--text-layer", "1", "--text-batch-tokens", "512", "--text-finetuned", str(tmp_path),
                               "--text-special-tokens", "drop"])
     context = RunContext(Corpus(()), MediaSource(None), FeatureStore(tmp_path), get_profile("tiny"))
-    stage = TextStage.from_args(args, context)
+    stage = build_stage("text", config_from_args(args).text, context)
     assert (stage.config.layer, stage.config.batch_tokens, stage.config.special_tokens) == (1, 512, "drop")
     assert stage.feature_sets == (FRAME, MEAN, "roberta_ft_cls")

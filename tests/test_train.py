@@ -17,7 +17,8 @@ import torch
 from m3ed.models.data import DialogueData
 from m3ed.models.registry import load_trained_model
 from m3ed.pipelines.train import TrainConfig, add_train_parser, authors_protocol, metrics, predict, train
-from m3ed.synthetic import SyntheticConfig, add_synthetic_parser, make_synthetic
+from m3ed.pipelines.make_synthetic import add_synthetic_parser
+from m3ed.synthetic import SyntheticConfig, make_synthetic
 
 DIALOGUE_MODELS = ("dialoguernn", "dialoguegcn", "mmgcn", "mdi")
 BASELINE = "multienc_pooled"

@@ -21,11 +21,8 @@ speaking probabilities, and the shot boundaries, for ``m3ed viz-asd`` and for in
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -37,6 +34,7 @@ import torch
 from ..corpus import Dialogue
 from ..device import autocast
 from ..media import FrameCache, MediaError
+from ..options import option
 from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register_stage
 from ..store import Failure, atomic_write_text
 from .assign import COLUMNS, RULE_NAMES, RULES, AssignParams, assign_speakers, utterance_frames
@@ -54,31 +52,6 @@ FPS = 25.0              # the ASD models' video rate (4 MFCC frames per video fr
 CHUNK_FRAMES = 64       # frames decoded at a time (memory bound)
 CACHE_MB = 512          # decoded frames held until their shot is tracked (~185 frames of 720p, 740 of 360p)
 TRACKS_DIR = "asd"      # OUT/asd/{dialogue}.json
-
-
-def default_threads() -> int:
-    """Torch threads for the asd stage's models: the cores not already busy, at least 1.
-
-    Measured on 2 cores (README, Benchmarks): beside a busy process, two threads ran the ASD and
-    embedding models slower than one (threads wait for a core); on idle cores they help. MTCNN
-    always runs on one thread (m3ed.asd.detect)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, cores - busy)
-
-
-@contextmanager
-def torch_threads(count: int | None):
-    """Run the block with ``count`` torch threads (None: unchanged), then restore."""
-    if not count:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -277,15 +250,52 @@ class AsdPipeline:
         self.detector = self.scorer = self.embedder = None
 
 
+@dataclass
+class AsdOptions:
+    """The asd stage's options, as a user gives them (``ExtractConfig.asd``); :class:`AsdConfig`,
+    which they resolve into, holds every parameter (shots, tracking...) for library use."""
+
+    model: str | None = option(None, "ASD scorer (default: the profile's, talknet)", choices=ASD_MODELS)
+    checkpoint: str | None = option(None, "ASD checkpoint file or URL (default: light-asd uses the checkpoint shipped "
+                                          "in the package in every profile; talknet its released checkpoint for the "
+                                          "paper profile, random weights for paper-random/tiny)", metavar="PATH")
+    detect_every: int = option(DetectionParams.every, "run the face detector on every K-th frame; tracks interpolate "
+                                                      "between (default: %(default)s)", flag="--detect-every",
+                               metavar="K")
+    detect_height: int = option(DetectionParams.height, "frame height for face detection (0: native); boxes are in "
+                                                        "native pixels (default: %(default)s)", flag="--detect-height",
+                                metavar="H")
+    mode: str = option(ScoreParams.mode, "single: one pass per track; multi: the reference's average over 1-6 s "
+                                         "chunks (6x cost)", choices=("single", "multi"))
+    frames: str = option(ScoreParams.frames, "score the track frames inside utterances (what assignment reads; single "
+                                             f"mode adds {ScoreParams.context_frames} frames of context around them), "
+                                             "or all track frames", choices=("utterances", "all"))
+    embed_every: int = option(AsdConfig.embed_every, "embed every K-th frame of each face track for speaker matching "
+                                                     "(the authors: 1; default: %(default)s)", flag="--embed-every",
+                              metavar="K")
+    face_embedder: str = option(AsdConfig.embedder, "identity embeddings for stage 2: senet50-vggface2 (the authors'), "
+                                                    "inception-resnet-v1 (facenet-pytorch), auto: SENet-50 when its "
+                                                    "weights are there, else InceptionResnetV1", flag="--face-embedder",
+                                choices=EMBEDDERS)
+    face_embedder_checkpoint: str | None = option(None, "SENet-50 weights, VGGFace2-pytorch's "
+                                                        "senet50_scratch_weight.pkl (default: "
+                                                        "$TORCH_HOME/checkpoints/senet50_scratch_weight.pkl)",
+                                                  flag="--face-embedder-checkpoint", metavar="FILE")
+    assign_rules: str = option(AssignParams.rules, "authors: their extract_spk_faces.py (every frame with a face gets "
+                                                   "one; SENet-50 input with their uint8 cast); strict: ours, decide "
+                                                   "only on ASD probability >= 0.9 or a clear embedding match, else "
+                                                   "leave the frame undecided", flag="--assign-rules", choices=RULES)
+
+
 @register_stage
 class AsdStage(Stage):
     name = "asd"
     feature_sets = (FEATURE_SET,)
+    options = AsdOptions
 
     def __init__(self, config: AsdConfig, profile, device: str = "cpu", out_dir: str | Path | None = None,
-                 threads: int | None = None, precision: str = "fp32"):
+                 precision: str = "fp32"):
         self.config = config
-        self.threads = threads   # torch threads while this stage works (None: as they are)
         self.profile = profile
         self.out_dir = Path(out_dir) if out_dir else None
         self.precision = precision
@@ -295,61 +305,21 @@ class AsdStage(Stage):
                                     "face_embedder_authors_cast": embedder.authors_cast}
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("asd stage (faces -> tracks -> TalkNet/Light-ASD -> speaker assignment)")
-        g.add_argument("--asd-model", choices=ASD_MODELS, default=None,
-                       help="ASD scorer (default: the profile's, talknet)")
-        g.add_argument("--asd-checkpoint", metavar="PATH", default=None,
-                       help="ASD checkpoint file or URL (default: light-asd uses the checkpoint shipped in the "
-                            "package in every profile; talknet its released checkpoint for the paper profile, "
-                            "random weights for paper-random/tiny)")
-        g.add_argument("--detect-every", type=int, default=DetectionParams.every, metavar="K",
-                       help="run the face detector on every K-th frame; tracks interpolate between")
-        g.add_argument("--detect-height", type=int, default=DetectionParams.height, metavar="H",
-                       help="frame height for face detection (0: native); boxes are in native pixels")
-        g.add_argument("--asd-mode", choices=("single", "multi"), default=ScoreParams.mode,
-                       help="single: one pass per track; multi: the reference's average over 1-6 s chunks (6x cost)")
-        g.add_argument("--asd-frames", choices=("utterances", "all"), default=ScoreParams.frames,
-                       help="score the track frames inside utterances (what assignment reads; single mode adds "
-                            f"{ScoreParams.context_frames} frames of context around them), or all track frames")
-        g.add_argument("--threads", type=int, default=default_threads(), metavar="N",
-                       help="torch threads of the asd stage's models (default: the cores not busy now, "
-                            "%(default)s; MTCNN always uses one)")
-        g.add_argument("--embed-every", type=int, default=AsdConfig.embed_every, metavar="K",
-                       help="embed every K-th frame of each face track for speaker matching (the authors: 1)")
-        g.add_argument("--face-embedder", choices=EMBEDDERS, default=AsdConfig.embedder,
-                       help="identity embeddings for stage 2: senet50-vggface2 (the authors'), inception-resnet-v1 "
-                            "(facenet-pytorch), auto: SENet-50 when its weights are there, else InceptionResnetV1")
-        g.add_argument("--face-embedder-checkpoint", metavar="FILE", default=None,
-                       help="SENet-50 weights, VGGFace2-pytorch's senet50_scratch_weight.pkl "
-                            "(default: $TORCH_HOME/checkpoints/senet50_scratch_weight.pkl)")
-        g.add_argument("--assign-rules", choices=RULES, default=AssignParams.rules,
-                       help="authors: their extract_spk_faces.py (every frame with a face gets one; SENet-50 "
-                            "input with their uint8 cast); strict: ours, decide only on ASD probability >= 0.9 "
-                            "or a clear embedding match, else leave the frame undecided")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, context: RunContext) -> "AsdStage":
-        height = getattr(args, "detect_height", DetectionParams.height)
+    def from_config(cls, options: AsdOptions, context: RunContext) -> "AsdStage":
         config = AsdConfig(
-            model=getattr(args, "asd_model", None) or context.profile.asd_model,
-            checkpoint=getattr(args, "asd_checkpoint", None) or context.profile.asd_checkpoint,
-            detection=DetectionParams(every=getattr(args, "detect_every", DetectionParams.every), height=height or None),
-            scoring=ScoreParams(mode=getattr(args, "asd_mode", ScoreParams.mode),
-                                frames=getattr(args, "asd_frames", ScoreParams.frames)),
-            embed_every=getattr(args, "embed_every", AsdConfig.embed_every),
-            embedder=getattr(args, "face_embedder", AsdConfig.embedder),
-            embedder_checkpoint=getattr(args, "face_embedder_checkpoint", None),
-            assign=AssignParams(rules=getattr(args, "assign_rules", AssignParams.rules)),
+            model=options.model or context.profile.asd_model,
+            checkpoint=options.checkpoint or context.profile.asd_checkpoint,
+            detection=DetectionParams(every=options.detect_every, height=options.detect_height or None),
+            scoring=ScoreParams(mode=options.mode, frames=options.frames),
+            embed_every=options.embed_every,
+            embedder=options.face_embedder,
+            embedder_checkpoint=options.face_embedder_checkpoint,
+            assign=AssignParams(rules=options.assign_rules),
             fps=context.media.timing.fps,
         )
         if config.fps != FPS:
             raise ValueError(f"the ASD models need 25 fps video (4 MFCC frames per frame); --fps is {config.fps}")
-        threads = getattr(args, "threads", None)
-        if threads is not None and threads < 1:
-            raise ValueError(f"--threads {threads}: must be >= 1")
-        return cls(config, context.profile, context.device, context.store.root, threads=threads,
-                   precision=context.precision)
+        return cls(config, context.profile, context.device, context.store.root, precision=context.precision)
 
     def provenance(self) -> dict:
         c = self.config
@@ -368,8 +338,7 @@ class AsdStage(Stage):
     def process(self, dialogues: list[Dialogue], context: RunContext) -> Iterator[DialogueResult]:
         for dialogue in dialogues:
             try:
-                with torch_threads(self.threads):
-                    faces, speaker_faces = self.pipeline.run(dialogue, context.media)
+                faces, speaker_faces = self.pipeline.run(dialogue, context.media)
             except (MediaError, OSError) as e:
                 yield failed_dialogue(dialogue, f"asd: {e}")
                 continue

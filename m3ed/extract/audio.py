@@ -32,7 +32,6 @@ models) or whose checkpoint says not to use attention masks are batched only wit
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +45,7 @@ import torch
 from ..corpus import Dialogue
 from ..locate import MediaSource
 from ..media import SAMPLE_RATE, MediaError
+from ..options import option
 from ..stage import DialogueResult, RunContext, Stage, register_stage
 from ..store import Failure
 from .batching import BatchBudget, plan_batches, restore_order, split_on_oom
@@ -230,16 +230,38 @@ class AudioEncoder:
         del self.model
 
 
+@dataclass
+class AudioOptions:
+    """The audio stage's options, as a user gives them (``ExtractConfig.audio``; ``--audio-*``)."""
+
+    model: str | None = option(None, "another Wav2Vec2-style encoder (hub id or local directory) instead of the "
+                                     "profile's", metavar="ID|PATH")
+    finetuned: str | None = option(None, "checkpoint of `m3ed finetune audio`; adds the wav2vec2_ft_last feature set",
+                                   metavar="DIR")
+    mean_max_seconds: float = option(10.0, "wav2vec2_mean averages the first S seconds, as the authors "
+                                           "(default: %(default)s; 0: the whole utterance)", metavar="S")
+    mean_clip: str = option("before", "before: clip the waveform to S seconds and encode the clip (the authors); "
+                                      "after: average the first S seconds of the whole utterance's frames "
+                                      "(default: %(default)s)", choices=MEAN_CLIPS)
+    ft_seconds: float | None = option(None, "the fine-tuned model's input: the utterance normalised, then zero-padded "
+                                            "or clipped to S seconds (0: the whole utterance). Default: the rule the "
+                                            "checkpoint was trained with (m3ed finetune audio records it), else 4, "
+                                            "the authors'", metavar="S")
+    chunk_seconds: float = option(30.0, "longer utterances are encoded in overlapping windows of S seconds "
+                                        "(default: %(default)s)", metavar="S")
+    batch_seconds: float = option(60.0, "padded audio per batch (default: %(default)s)", metavar="S")
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     model: ModelSpec
     finetuned: str | None = None
-    mean_max_seconds: float = 10.0       # the authors' sen_avg_wav2vec averaged the first 10 s
-    mean_clip: str = "before"            # clip the waveform before encoding (the authors) or the frames after
+    mean_max_seconds: float = AudioOptions.mean_max_seconds   # the authors' sen_avg_wav2vec averaged 10 s
+    mean_clip: str = AudioOptions.mean_clip
     ft_seconds: float | None = None      # None: the fine-tuned checkpoint's own input rule (InputRule)
-    chunk_seconds: float = 30.0
+    chunk_seconds: float = AudioOptions.chunk_seconds
     overlap_seconds: float = 2.0
-    batch_seconds: float = 60.0          # padded audio per batch
+    batch_seconds: float = AudioOptions.batch_seconds
     batch_items: int = 16
     wave_seconds: float = 120.0          # decoded audio gathered before a round of batches
 
@@ -270,17 +292,12 @@ def decode_dialogue(media: MediaSource, dialogue: Dialogue) -> DecodedDialogue:
     return DecodedDialogue(dialogue, {u.id: media.utterance_audio(audio, u) for u in dialogue.utterances})
 
 
-def _option(args: argparse.Namespace, name: str, default):
-    """An option's value, or ``default`` when the runner's parser lacks it or left it unset."""
-    value = getattr(args, name, None)
-    return default if value is None else value
-
-
 @register_stage
 class AudioStage(Stage):
     name = "audio"
     feature_sets = (FRAME, MEAN)
     group_size = 16
+    options = AudioOptions
 
     def __init__(self, config: AudioConfig, device: str = "cpu", precision: str = "fp32"):
         self.config, self.device, self.precision = config, device, precision
@@ -292,39 +309,11 @@ class AudioStage(Stage):
         self._decoder: ThreadPoolExecutor | None = None
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("audio stage")
-        group.add_argument("--audio-model", metavar="ID|PATH",
-                           help="another Wav2Vec2-style encoder (hub id or local directory) instead of the profile's")
-        group.add_argument("--audio-finetuned", metavar="DIR",
-                           help="checkpoint of `m3ed finetune audio`; adds the wav2vec2_ft_last feature set")
-        group.add_argument("--audio-mean-max-seconds", type=float, default=10.0, metavar="S",
-                           help="wav2vec2_mean averages the first S seconds, as the authors "
-                                "(default: %(default)s; 0: the whole utterance)")
-        group.add_argument("--audio-mean-clip", choices=MEAN_CLIPS, default="before",
-                           help="before: clip the waveform to S seconds and encode the clip (the authors); after: "
-                                "average the first S seconds of the whole utterance's frames (default: %(default)s)")
-        group.add_argument("--audio-ft-seconds", type=float, metavar="S",
-                           help="the fine-tuned model's input: the utterance normalised, then zero-padded or clipped "
-                                "to S seconds (0: the whole utterance). Default: the rule the checkpoint was trained "
-                                "with (m3ed finetune audio records it), else 4, the authors'")
-        group.add_argument("--audio-chunk-seconds", type=float, default=30.0, metavar="S",
-                           help="longer utterances are encoded in overlapping windows of S seconds (default: %(default)s)")
-        group.add_argument("--audio-batch-seconds", type=float, default=60.0, metavar="S",
-                           help="padded audio per batch (default: %(default)s)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, context: RunContext) -> "AudioStage":
-        defaults = AudioConfig(ModelSpec(""))
-        config = AudioConfig(
-            model=model_spec(context.profile, "audio", getattr(args, "audio_model", None)),
-            finetuned=getattr(args, "audio_finetuned", None),
-            mean_max_seconds=_option(args, "audio_mean_max_seconds", defaults.mean_max_seconds),
-            mean_clip=_option(args, "audio_mean_clip", defaults.mean_clip),
-            ft_seconds=_option(args, "audio_ft_seconds", None),
-            chunk_seconds=_option(args, "audio_chunk_seconds", defaults.chunk_seconds),
-            batch_seconds=_option(args, "audio_batch_seconds", defaults.batch_seconds),
-        )
+    def from_config(cls, options: AudioOptions, context: RunContext) -> "AudioStage":
+        config = AudioConfig(model=model_spec(context.profile, "audio", options.model), finetuned=options.finetuned,
+                             mean_max_seconds=options.mean_max_seconds, mean_clip=options.mean_clip,
+                             ft_seconds=options.ft_seconds, chunk_seconds=options.chunk_seconds,
+                             batch_seconds=options.batch_seconds)
         return cls(config, context.device, context.precision)
 
     def provenance(self) -> dict:

@@ -19,7 +19,6 @@ use random weights from ``profile.seed`` (meaningless features, real cost).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from ..corpus import Dialogue
 from ..device import autocast
 from ..media import MediaError
 from ..models.densenet_fer import FACE_SIZE, M3ED_FACE_MEAN, M3ED_FACE_STD, DenseNetFER, preprocess
+from ..options import option
 from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register_stage
 from ..profiles import Profile, fetch_checkpoint, unavailable
 from ..store import Failure, FeatureReader
@@ -136,10 +136,28 @@ def square_crop(frame_rgb: np.ndarray, box: np.ndarray, scale: float = DEFAULT_C
     return cv2.resize(patch, (FACE_SIZE, FACE_SIZE), interpolation=interpolation)
 
 
+@dataclass
+class VisualOptions:
+    """The visual stage's options, as a user gives them (``ExtractConfig.visual``; ``--fer-*``)."""
+
+    checkpoint: str | None = option(None, "DenseNet FER state dict (features.*, classifier.*), e.g. from "
+                                          "`m3ed train-fer`; required by the paper profile", flag="--fer-checkpoint",
+                                    metavar="PATH")
+    mean: float = option(FaceConfig.mean, "gray-value mean for (x - mean) / std (default: the authors' %(default)s)",
+                         flag="--fer-mean")
+    std: float = option(FaceConfig.std, "gray-value std (default: the authors' %(default)s)", flag="--fer-std")
+    crop: str = option(FaceConfig.crop, "tight: the detector box stretched to 64x64, as the authors (their normalisation "
+                                "constants come from such crops); square: a square around the box, --fer-crop-scale "
+                                "times its longer side (default: %(default)s)", flag="--fer-crop", choices=CROPS)
+    crop_scale: float = option(FaceConfig.crop_scale, "square crops: side relative to the box's longer side "
+                                                   "(default: %(default)s)", flag="--fer-crop-scale")
+
+
 @register_stage
 class FaceStage(Stage):
     name = "visual"
     feature_sets = (FRAME_SET, MEAN_SET)
+    options = VisualOptions
     needs = ("asd",)   # reads the speaker faces the asd stage published
 
     def __init__(self, config: FaceConfig, device: str = "cpu", fps: float = DEFAULT_FPS,
@@ -153,32 +171,10 @@ class FaceStage(Stage):
         self._checkpoint_sha = sha256_prefix(config.checkpoint) if config.checkpoint else None
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("visual stage (DenseNet FER on the speaker's face)")
-        group.add_argument("--fer-checkpoint", metavar="PATH", default=None,
-                           help="DenseNet FER state dict (features.*, classifier.*), e.g. from `m3ed train-fer`; "
-                                "required by the paper profile")
-        group.add_argument("--fer-mean", type=float, default=M3ED_FACE_MEAN,
-                           help=f"gray-value mean for (x - mean) / std (default: the authors' {M3ED_FACE_MEAN})")
-        group.add_argument("--fer-std", type=float, default=M3ED_FACE_STD,
-                           help=f"gray-value std (default: the authors' {M3ED_FACE_STD})")
-        group.add_argument("--fer-crop", choices=CROPS, default="tight",
-                           help="tight: the detector box stretched to 64x64, as the authors (their normalisation "
-                                "constants come from such crops); square: a square around the box, "
-                                "--fer-crop-scale times its longer side (default: %(default)s)")
-        group.add_argument("--fer-crop-scale", type=float, default=DEFAULT_CROP_SCALE,
-                           help=f"square crops: side relative to the box's longer side (default {DEFAULT_CROP_SCALE})")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, context: RunContext) -> "FaceStage":
-        config = FaceConfig(
-            checkpoint=resolve_checkpoint(context.profile, getattr(args, "fer_checkpoint", None)),
-            seed=context.profile.seed,
-            mean=getattr(args, "fer_mean", M3ED_FACE_MEAN),
-            std=getattr(args, "fer_std", M3ED_FACE_STD),
-            crop=getattr(args, "fer_crop", None) or "tight",
-            crop_scale=getattr(args, "fer_crop_scale", DEFAULT_CROP_SCALE),
-        )
+    def from_config(cls, options: VisualOptions, context: RunContext) -> "FaceStage":
+        config = FaceConfig(checkpoint=resolve_checkpoint(context.profile, options.checkpoint),
+                            seed=context.profile.seed, mean=options.mean, std=options.std, crop=options.crop,
+                            crop_scale=options.crop_scale)
         with open_speaker_faces(context) as faces:  # fail now, clearly, when the asd stage has not run
             speaker_faces_hash = faces.attrs.get("config_hash")
         return cls(config, context.device, context.media.timing.fps, speaker_faces_hash, context.precision)

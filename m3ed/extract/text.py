@@ -19,7 +19,6 @@ Utterances of many dialogues go through the model together in length-sorted batc
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from ..corpus import Dialogue, Utterance
+from ..options import option
 from ..stage import DialogueResult, RunContext, Stage, register_stage
 from ..store import Failure
 from .batching import BatchBudget, plan_batches, restore_order, split_on_oom
@@ -118,14 +118,31 @@ class TextEncoder:
         del self.model
 
 
+@dataclass
+class TextOptions:
+    """The text stage's options, as a user gives them (``ExtractConfig.text``; ``--text-*``)."""
+
+    model: str | None = option(None, "another Hugging Face encoder (hub id or local directory) instead of the "
+                                     "profile's", metavar="ID|PATH")
+    layer: int | None = option(None, "hidden layer to use: 0 = embeddings, -1 = last (default: last)", metavar="N")
+    batch_tokens: int = option(8192, "padded tokens per batch (default: %(default)s)", metavar="N")
+    finetuned: str | None = option(None, "checkpoint of `m3ed finetune text`; adds the roberta_ft_cls feature set",
+                                   metavar="DIR")
+    special_tokens: str = option("keep", "roberta_frame with [CLS] and [SEP] (keep: as the authors stored it) or "
+                                         "without them (drop); roberta_mean never includes them (default: %(default)s)",
+                                 choices=SPECIAL_TOKEN_CHOICES)
+
+
 @dataclass(frozen=True)
 class TextConfig:
+    """What the stage runs with: the options with the model resolved against the profile."""
+
     model: ModelSpec
     layer: int | None = None
-    batch_tokens: int = 8192
+    batch_tokens: int = TextOptions.batch_tokens
     batch_items: int = 64
     finetuned: str | None = None
-    special_tokens: str = "keep"         # roberta_frame with [CLS]/[SEP] ("keep", the authors') or without
+    special_tokens: str = TextOptions.special_tokens
 
     def __post_init__(self) -> None:
         if self.special_tokens not in SPECIAL_TOKEN_CHOICES:
@@ -153,6 +170,7 @@ class TextStage(Stage):
     name = "text"
     feature_sets = (FRAME, MEAN)
     group_size = 32  # dialogues per call: batches span dialogues
+    options = TextOptions
     uses_media = False  # text only: utterance times do not matter
 
     def __init__(self, config: TextConfig, device: str = "cpu", precision: str = "fp32"):
@@ -162,29 +180,10 @@ class TextStage(Stage):
         self._encoders: dict[str, TextEncoder] = {}
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("text stage")
-        group.add_argument("--text-model", metavar="ID|PATH",
-                           help="another Hugging Face encoder (hub id or local directory) instead of the profile's")
-        group.add_argument("--text-layer", type=int, metavar="N",
-                           help="hidden layer to use: 0 = embeddings, -1 = last (default: last)")
-        group.add_argument("--text-batch-tokens", type=int, default=8192, metavar="N",
-                           help="padded tokens per batch (default: %(default)s)")
-        group.add_argument("--text-finetuned", metavar="DIR",
-                           help="checkpoint of `m3ed finetune text`; adds the roberta_ft_cls feature set")
-        group.add_argument("--text-special-tokens", choices=SPECIAL_TOKEN_CHOICES, default="keep",
-                           help="roberta_frame with [CLS] and [SEP] (keep: as the authors stored it) or "
-                                "without them (drop); roberta_mean never includes them (default: %(default)s)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, context: RunContext) -> "TextStage":
-        config = TextConfig(
-            model=model_spec(context.profile, "text", getattr(args, "text_model", None)),
-            layer=getattr(args, "text_layer", None),
-            batch_tokens=getattr(args, "text_batch_tokens", None) or 8192,
-            finetuned=getattr(args, "text_finetuned", None),
-            special_tokens=getattr(args, "text_special_tokens", None) or "keep",
-        )
+    def from_config(cls, options: TextOptions, context: RunContext) -> "TextStage":
+        config = TextConfig(model=model_spec(context.profile, "text", options.model), layer=options.layer,
+                            batch_tokens=options.batch_tokens, finetuned=options.finetuned,
+                            special_tokens=options.special_tokens)
         return cls(config, context.device, context.precision)
 
     def provenance(self) -> dict:

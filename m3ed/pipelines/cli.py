@@ -5,92 +5,86 @@ The CLI only fills configuration and calls the library; everything it does is al
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib
 import json
 import logging
-import os
 import sys
+import typing
 from collections import Counter
 from pathlib import Path
 
+from ..config import STAGE_SECTIONS, CorpusOptions, ExtractConfig, MediaOptions, RunOptions, load_corpus, media_source
 from ..corpus import Corpus
 from ..errors import EXIT_DATA_FAILURES, EXIT_INTERNAL, EXIT_OK, EXIT_RESOURCES, EXIT_USAGE, ConfigurationError
 from ..files import DiskFull, quiet_disk_full_cleanup
-from ..locate import MediaSource, Timing
+from ..locate import MediaSource
 from ..lock import LockError
 from ..media import MediaError
-from ..profiles import PROFILES, get_profile
-from ..screening import OVERHANG_POLICIES
 from ..stats import format_tables, split_stats
 from ..store import FeatureStore
-from ..timecode import DEFAULT_FPS
 from ..validate import validate
-from ..stage import RunContext, stage_names, stage_registry
+from ..stage import stage_registry
 
-log = logging.getLogger("m3ed")
-
-
-def sample_dir() -> Path:
-    """The bundled sample (``M3ED_SAMPLE_DIR``, else ``samples/`` of the source tree)."""
-    return Path(os.environ.get("M3ED_SAMPLE_DIR", Path(__file__).resolve().parents[2] / "samples"))
+log = logging.getLogger(__name__)
 
 
-# ---- shared options -----------------------------------------------------------------------------
-def add_corpus_arguments(parser: argparse.ArgumentParser, *, sample_default: bool = True) -> None:
-    g = parser.add_argument_group("annotations")
-    default = " (default: the bundled sample)" if sample_default else ""
-    g.add_argument("--annotations", type=Path, help="M3ED annotation.json, a generic manifest (.jsonl/.csv), "
-                   "or a corpus JSONL such as OUT/manifest.jsonl" + default)
-    g.add_argument("--relation", type=Path, help="M3ED relation_annotation_release.json: where each dialogue sits in its episode")
-    g.add_argument("--splits", type=Path, help="folder with movie_list_{train,val,test}.txt")
-    g.add_argument("--fps", type=float, default=DEFAULT_FPS, help="frame rate of the timecodes (default %(default)s)")
-    g.add_argument("--strict", action="store_true", help="treat timecode anomalies and annotation problems as errors")
-    g.add_argument("--dialogues", help="comma-separated dialogue ids to process (default: all)")
+# ---- options generated from the configuration dataclasses (m3ed.config) -------------------------
+def add_options(parser: argparse.ArgumentParser, cls: type, section: str, title: str) -> None:
+    """One option per field of ``cls`` that has help (:func:`m3ed.options.option`), stored as
+    ``section.field``: flag ``--{section}-{field}`` unless the field names its own."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        cli = {k: v for k, v in f.metadata.items() if k not in ("help", "flag")}
+        flag = f.metadata.get("flag") or f"--{section}-{f.name.replace('_', '-')}"
+        kind = _base_type(hints[f.name])
+        if kind is bool:   # a switch: --strict sets True; --no-report sets report False
+            cli["action"] = "store_false" if f.default else "store_true"
+        else:
+            cli.setdefault("type", kind)
+            if "choices" not in cli:
+                cli.setdefault("metavar", f.name.upper())
+        group.add_argument(flag, dest=f"{section}.{f.name}", default=f.default, help=f.metadata["help"], **cli)
+
+
+def options_from(args: argparse.Namespace, cls: type, section: str):
+    """The ``cls`` dataclass of the options :func:`add_options` added (defaults for those it did not)."""
+    values = {f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(cls)
+              if hasattr(args, f"{section}.{f.name}")}
+    return cls(**values)
+
+
+def _base_type(hint):
+    """``int`` of ``int | None``; ``str`` for anything else that is not a plain scalar."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    hint = args[0] if len(args) == 1 else hint
+    return hint if hint in (bool, int, float, str) else str
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    add_options(parser, CorpusOptions, "corpus", "annotations")
 
 
 def add_media_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("videos")
-    g.add_argument("--videos", type=Path, help="folder of episode videos or pre-cut dialogue clips (default: the bundled sample)")
-    g.add_argument("--video-pattern", help="file name pattern inside --videos, e.g. '{show}/{episode:02d}.mkv' "
-                   "(fields: show, episode, dialogue, ext); common layouts are tried after it")
-    g.add_argument("--dialogue-offset-frames", type=int, default=Timing.dialogue_offset_frames,
-                   help="frames added to dialogue timecodes when cutting from episodes "
-                        "(default %(default)s, as the authors' release)")
-    g.add_argument("--audio-shift", type=float, default=Timing.audio_shift,
-                   help="seconds added to utterance times for audio (default %(default)s, as the authors' release)")
+    add_options(parser, MediaOptions, "media", "videos")
+
+
+def config_from_args(args: argparse.Namespace) -> ExtractConfig:
+    """The :class:`ExtractConfig` of a command's options (defaults for the sections it lacks)."""
+    sections = typing.get_type_hints(ExtractConfig)
+    return ExtractConfig(**{name: options_from(args, cls, name) for name, cls in sections.items()})
 
 
 def load_corpus_from_args(args: argparse.Namespace, *, log_problems: bool = True) -> Corpus:
-    from ..loaders import load_corpus
-
-    if args.annotations is None:
-        sample = sample_dir() / "annotations"
-        args.annotations = sample / "annotation.json"
-        args.relation = args.relation or sample / "relation_annotation_release.json"
-        args.splits = args.splits or sample / "splitInfo"
-        if getattr(args, "videos", None) is None and hasattr(args, "videos"):
-            args.videos = sample_dir() / "videos"
-    corpus = load_corpus(args.annotations, args.relation, args.splits, fps=args.fps, strict=args.strict)
-    if args.dialogues:
-        wanted = [d.strip() for d in args.dialogues.split(",") if d.strip()]
-        missing = [d for d in wanted if d not in {x.id for x in corpus}]
-        if missing:
-            raise ConfigurationError(f"--dialogues: not in {args.annotations}: {', '.join(missing)}")
-        corpus = corpus.select(wanted)
-    problems = validate(corpus, require_split=args.splits is not None)
-    if log_problems:
-        for problem in problems:
-            log.warning("annotation problem: %s", problem)
-    if problems and args.strict:
-        raise ConfigurationError(f"{len(problems)} annotation problem(s) in {args.annotations}"
-                                 + (" (see above)" if log_problems else "") + "; --strict stops here")
-    return corpus
+    return load_corpus(options_from(args, CorpusOptions, "corpus"), log_problems=log_problems)
 
 
 def media_from_args(args: argparse.Namespace) -> MediaSource:
-    timing = Timing(fps=args.fps, dialogue_offset_frames=args.dialogue_offset_frames, audio_shift=args.audio_shift)
-    return MediaSource(args.videos, args.video_pattern, timing)
+    return media_source(config_from_args(args))
 
 
 # ---- m3ed-extract -------------------------------------------------------------------------------
@@ -107,73 +101,27 @@ def build_extract_parser(parser: argparse.ArgumentParser | None = None) -> argpa
                "`m3ed finetune text|audio`, passed with --text-finetuned / --audio-finetuned.")
     add_corpus_arguments(parser)
     add_media_arguments(parser)
-    g = parser.add_argument_group("run")
-    g.add_argument("--out", type=Path, default=Path("m3ed_features"), help="output directory (default: %(default)s)")
-    g.add_argument("--stages", default=",".join(stage_names()),
-                   help=f"comma-separated, from {', '.join(stage_names())} (default: all)")
-    g.add_argument("--profile", choices=sorted(PROFILES), default="paper",
-                   help="model weights: paper (released weights), paper-random (same sizes, random weights: "
-                        "benchmarks), tiny (small random models: tests and the offline demo); default: %(default)s")
-    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="autocast precision on CUDA (default: %(default)s)")
-    g.add_argument("--cut-workers", type=int, default=2,
-                   help="parallel ffmpeg processes for the cut stage (default: %(default)s)")
-    g.add_argument("--keep-parts", action="store_true", help="keep per-dialogue part files after publishing")
-    g.add_argument("--overhang", choices=OVERHANG_POLICIES, default="fail",
-                   help="an utterance that runs past its dialogue's end: fail (recorded in failures.jsonl; "
-                        "default) or clip it to the part inside (recorded in notes.jsonl and the files' attributes)")
-    g.add_argument("--no-report", action="store_true", help="do not write OUT/report.html at the end")
-    g.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="local: this process (default); ray: each stage's dialogue groups on a pool of Ray actors, "
-                        "one model replica per GPU (pip install 'm3ed[ray]')")
-    g.add_argument("--ray-address", metavar="ADDR", help="a running Ray cluster (default: RAY_ADDRESS; else start "
-                   "Ray on this machine with all its GPUs)")
-    g.add_argument("--shard", metavar="I/N", help="process shard I of N (0-based) of a cluster array job; nothing is "
-                   "published until `m3ed merge OUT` (read from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set)")
-    g.add_argument("--shards", type=int, metavar="N", help="number of shards, with the index from JOB_COMPLETION_INDEX "
-                   "(a Kubernetes Indexed Job)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_options(parser, RunOptions, "run", "run")
     add_debug_argument(parser)
-    for stage in stage_registry().values():
-        stage.add_arguments(parser)
+    for name, stage in stage_registry().items():
+        if name in STAGE_SECTIONS:
+            add_options(parser, stage.options, name, f"{name} stage")
     return parser
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    order = stage_names()
-    unknown = [s for s in stages if s not in order]
-    if unknown:
-        raise ConfigurationError(f"--stages: unknown {unknown}; choose from {', '.join(order)}")
-    stages = [s for s in order if s in stages]  # dependencies run first (asd before visual)
-    corpus = load_corpus_from_args(args)
-    from ..device import default_device
+    from .extract import extract, resolve
 
-    args.device = args.device or default_device()
-    profile = get_profile(args.profile)
-    context = RunContext(corpus=corpus, media=media_from_args(args), store=FeatureStore(args.out),
-                         profile=profile, device=args.device, precision=args.precision)
-    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
-    print("m3ed-extract configuration:\n" + json.dumps(resolved, indent=2, ensure_ascii=False, default=str))
-    print(f"{len(corpus)} dialogues, {sum(len(d.utterances) for d in corpus)} utterances; stages: {', '.join(stages)}")
-    from .extract import run_extraction
-
-    from .shard import shard_from
-
-    shard = shard_from(args.shard, args.shards)
-    if shard and args.dialogues:
-        raise ConfigurationError("--dialogues and --shard exclude each other: a shard's dialogues follow from the corpus")
-    record = run_extraction(corpus, context, stages, args, cut_workers=args.cut_workers,
-                            keep_parts=args.keep_parts, progress=not args.no_progress,
-                            subset=bool(args.dialogues), overhang=args.overhang, shard=shard,
-                            engine=args.engine, ray_address=args.ray_address)
-    if shard:
-        print(f"shard {shard.label} done; publish with `m3ed merge {context.store.root}` once every shard is")
+    config = resolve(config_from_args(args))
+    print("m3ed-extract configuration:\n" + json.dumps(config.to_dict(), indent=2, ensure_ascii=False, default=str))
+    record = extract(config)
+    store = FeatureStore(config.run.out)
+    if record.get("sharded"):
+        print(f"shard {record['shard']} done; publish with `m3ed merge {store.root}` once every shard is")
         return EXIT_DATA_FAILURES if record["failed_dialogues"] or record["refused_utterances"] else EXIT_OK
-    code = report_run(context.store, record)
-    if not args.no_report and not record.get("read_only"):
-        _write_report(context.store.root)
+    code = report_run(store, record)
+    if config.run.report and not record.get("read_only"):
+        _write_report(store.root)
     return code
 
 
@@ -301,7 +249,7 @@ def _run_merge(args: argparse.Namespace) -> int:
 
 def _run_validate(args: argparse.Namespace) -> int:
     corpus = load_corpus_from_args(args, log_problems=False)
-    problems = validate(corpus, require_split=args.splits is not None)
+    problems = validate(corpus, require_split=options_from(args, CorpusOptions, "corpus").splits is not None)
     print(f"{len(corpus)} dialogues, {sum(len(d.utterances) for d in corpus)} utterances, {len(problems)} problem(s)")
     for problem in problems:
         print(f"  {problem}")
@@ -316,7 +264,8 @@ SUBCOMMANDS = (
     ("m3ed.pipelines.train_fer", "add_train_fer_parser"),
     ("m3ed.pipelines.train", "add_train_parser"),
     ("m3ed.pipelines.export", "add_export_parser"),
-    ("m3ed.synthetic", "add_synthetic_parser"),
+    ("m3ed.pipelines.make_synthetic", "add_synthetic_parser"),
+    ("m3ed.pipelines.prefetch", "add_prefetch_parser"),
     ("m3ed.pipelines.report", "add_report_parser"),
     ("m3ed.pipelines.inspect_h5", "add_inspect_parser"),
 )

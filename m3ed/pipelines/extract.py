@@ -9,7 +9,6 @@ utterance times are recorded, never processed.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import json
@@ -22,17 +21,20 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from .. import __version__
+from ..config import ExtractConfig, load_corpus, media_source
 from ..corpus import Corpus
+from ..device import default_device, default_threads, torch_threads
 from ..errors import ConfigurationError
 from ..files import DiskFull, atomic_write_text, sweep_temporaries
-from ..locate import MediaSource, Timing
+from ..locate import MediaSource
 from ..lock import LockError, OutputLock
 from ..media import MediaError
 from ..screening import Screening, refused_dialogues, screen_times
 from ..store import Failure, FeatureStore, config_hash, dialogue_hash
 from .cut import cut_corpus
-from .shard import Shard
-from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, stage_class
+from .shard import Shard, shard_from
+from ..profiles import get_profile
+from ..stage import DialogueResult, RunContext, Stage, build_stage, failed_dialogue, stage_class, stage_names
 
 # Errors that concern the whole run, not one dialogue: they stop it instead of being recorded.
 FATAL = (ConfigurationError, DiskFull, LockError)
@@ -52,9 +54,10 @@ class StageReport:
 
 def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work: Corpus | None = None,
               screening: Screening | None = None, publish: bool = True, shard: Shard | None = None,
-              ray_args: argparse.Namespace | None = None) -> StageReport:
+              ray_config: ExtractConfig | None = None) -> StageReport:
     """Run one stage over ``work`` (default: the whole corpus), resuming from finished parts and
-    from dialogues already published; publish its feature files for the whole corpus."""
+    from dialogues already published; publish its feature files for the whole corpus. With
+    ``ray_config``, its groups run on Ray actors that build the stage from that configuration."""
     store, corpus = context.store, context.corpus
     work = corpus if work is None else work
     screening = screening or Screening()
@@ -88,8 +91,8 @@ def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work:
         done &= {d.id for d in dialogues}
     bar = tqdm(total=len(dialogues), desc=f"{stage.name:>6}", unit="dlg", disable=not progress, initial=len(done))
     todo = [group for group in groups if not all(d.id in done for d in group)]
-    if ray_args is not None and todo:
-        outcomes = _on_ray(stage.name, ray_args, context, todo, digest, hashes, screening, done)
+    if ray_config is not None and todo:
+        outcomes = _on_ray(stage.name, ray_config, context, todo, digest, hashes, screening, done)
     else:
         outcomes = (o for group in todo for o in process_group(stage, context, group, digest, hashes, screening, done))
     for dialogue_id, error in outcomes:
@@ -118,11 +121,11 @@ def process_group(stage, context, group, digest, hashes, screening, done) -> lis
     return outcome
 
 
-def _on_ray(name, args, context, groups, digest, hashes, screening, done):
+def _on_ray(name, config, context, groups, digest, hashes, screening, done):
     """:func:`process_group` for every group, on a pool of Ray actors (:mod:`m3ed.pipelines.ray_engine`)."""
     from .ray_engine import RayGroups
 
-    pool = RayGroups(name, args, context, len(groups))
+    pool = RayGroups(name, config, context, len(groups))
     try:
         yield from pool.run(groups, digest, hashes, screening, done)
     finally:
@@ -231,25 +234,54 @@ def output_corpus(store: FeatureStore, work: Corpus, subset: bool) -> Corpus:
     return Corpus(tuple(merged) + tuple(chosen.values()), work.problems)
 
 
-def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args: argparse.Namespace,
-                   *, cut_workers: int = 2, keep_parts: bool = False, progress: bool = True,
-                   subset: bool = False, overhang: str = "fail", shard: Shard | None = None,
-                   engine: str = "local", ray_address: str | None = None) -> dict:
-    """Run ``stages`` in order over ``corpus``; returns the run record also written to ``run.json``.
+def resolve(config: ExtractConfig) -> ExtractConfig:
+    """``config`` with every choice made that a run records: the bundled sample's files where none
+    were given, the device, the thread count, and the stages in pipeline order (checked)."""
+    config = config.resolved()
+    order = stage_names()
+    stages = config.run.stages or order
+    unknown = [s for s in stages if s not in order]
+    if unknown:
+        raise ConfigurationError(f"--stages: unknown {unknown}; choose from {', '.join(order)}")
+    run = dataclasses.replace(config.run, stages=tuple(s for s in order if s in stages),  # asd before visual
+                              device=config.run.device or default_device(),
+                              threads=config.run.threads or default_threads())
+    return dataclasses.replace(config, run=run)
 
-    With ``subset`` (``--dialogues``), ``corpus`` holds the chosen dialogues: they are added to, or
+
+def extract(config: ExtractConfig) -> dict:
+    """The main job (``m3ed-extract``): read the corpus, run the stages into ``config.run.out``;
+    returns the run record (also written to ``OUT/run.json``)."""
+    config = resolve(config)
+    corpus = load_corpus(config.corpus)
+    context = RunContext(corpus=corpus, media=media_source(config), store=FeatureStore(config.run.out),
+                         profile=get_profile(config.run.profile), device=config.run.device,
+                         precision=config.run.precision)
+    return run_extraction(corpus, context, config)
+
+
+def run_extraction(corpus: Corpus, context: RunContext, config: ExtractConfig) -> dict:
+    """Run ``config.run.stages`` in order over ``corpus``; returns the run record also written to
+    ``run.json``.
+
+    With ``config.corpus.dialogues``, ``corpus`` holds the chosen dialogues: they are added to, or
     replace their earlier selves in, an existing output; every other published dialogue stays.
-    With ``shard``, only that shard's dialogues are processed, nothing is published, and the record
-    goes to ``OUT/shards/``; ``m3ed merge`` publishes once every shard is done.
-    With ``engine="ray"`` the stages' dialogue groups run on Ray actors (same output).
+    With a shard (``config.run.shard``/``shards`` or the scheduler's variables), only that shard's
+    dialogues are processed, nothing is published, and the record goes to ``OUT/shards/``;
+    ``m3ed merge`` publishes once every shard is done. With ``engine="ray"`` the stages' dialogue
+    groups run on Ray actors (same output).
     """
-    store = context.store
-    if engine == "ray":
+    config = resolve(config)
+    store, run = context.store, config.run
+    shard = shard_from(run.shard, run.shards)
+    if shard and config.corpus.dialogues:
+        raise ConfigurationError("--dialogues and --shard exclude each other: a shard's dialogues follow from the corpus")
+    if run.engine == "ray":
         from .ray_engine import connect
 
-        connect(ray_address)
-    elif engine != "local":
-        raise ConfigurationError(f"--engine {engine!r}: choose local or ray")
+        connect(run.ray_address)
+    elif run.engine != "local":
+        raise ConfigurationError(f"--engine {run.engine!r}: choose local or ray")
     lock = OutputLock(store.root, shard=shard.label if shard else None)
     try:
         store.root.mkdir(parents=True, exist_ok=True)
@@ -261,9 +293,8 @@ def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args:
                                      f"choose another --out") from e
         read_only = True   # fine as long as everything is already there; checked at the end
     try:
-        return _run_locked(corpus, context, stages, args, cut_workers=cut_workers, keep_parts=keep_parts,
-                           progress=progress, subset=subset, overhang=overhang, read_only=read_only, shard=shard,
-                           lock=lock, ray_args=args if engine == "ray" else None)
+        with torch_threads(run.threads):
+            return _run_locked(corpus, context, config, read_only=read_only, shard=shard, lock=lock)
     except OSError as e:
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and not isinstance(e, DiskFull):
             raise ConfigurationError(f"{store.root}: not writable ({e.strerror}: {e.filename}), and this run has "
@@ -273,23 +304,22 @@ def run_extraction(corpus: Corpus, context: RunContext, stages: list[str], args:
         lock.release()
 
 
-def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progress, subset, overhang,
-                read_only, shard, lock, ray_args) -> dict:
-    store, work = context.store, corpus
-    preflight(stages, args, context)
+def _run_locked(corpus: Corpus, context: RunContext, config: ExtractConfig, *, read_only: bool,
+                shard: Shard | None, lock: OutputLock) -> dict:
+    store, work, run = context.store, corpus, config.run
+    stages = list(run.stages)
+    preflight(config, context)
     if not read_only:
         sweep_temporaries(store.root)
-    context.corpus = output_corpus(store, work, subset)
+    context.corpus = output_corpus(store, work, subset=bool(config.corpus.dialogues))
     with nullcontext() if read_only else lock.critical():   # shards all write the same manifest
         store.write_manifest(context.corpus)
-    screening = screen(context.corpus, work, context.media, overhang)
+    screening = screen(context.corpus, work, context.media, run.overhang)
     if shard:
-        return _run_shard(context, work, stages, args, screening, shard, cut_workers=cut_workers, progress=progress,
-                          ray_args=ray_args)
+        return _run_shard(context, work, config, screening, shard)
     record = {
         "package_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": {k: v for k, v in vars(args).items() if k != "func"}, "versions": _versions(),
-        "stages": {}, "complete": False,
+        "config": config.to_dict(), "versions": _versions(), "stages": {}, "complete": False,
     }
     previous = store.read_failures()
     previous_notes = store.read_notes()
@@ -301,17 +331,18 @@ def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progr
         if name == "cut":
             produced.add("cut")
             started = time.perf_counter()
-            cut_failures = cut_corpus(work, context.media, store.clips_dir, workers=cut_workers, progress=progress,
-                                      screening=screening)
+            cut_failures = cut_corpus(work, context.media, store.clips_dir, workers=run.cut_workers,
+                                      progress=run.progress, screening=screening)
             failures += [f for f in previous if f.feature_set == "cut" and f.dialogue_id not in work_ids]
             failures += cut_failures
             notes += _clip_notes("cut", screening)
             record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3),
                                        "failed": len(cut_failures), "clips": str(store.clips_dir)}
             continue
-        stage = stage_class(name).from_args(args, context)
+        stage = build_stage(name, config.stage_options(name), context)
         try:
-            report = run_stage(stage, context, progress, work=work, screening=screening, ray_args=ray_args)
+            report = run_stage(stage, context, run.progress, work=work, screening=screening,
+                               ray_config=_on_ray_engine(config))
         finally:
             stage.close()
         produced.update(stage.feature_sets)
@@ -319,7 +350,7 @@ def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progr
             failures += _recorded_failures(store, fs, context.corpus, screening, previous)
             if stage.uses_media:
                 notes += _clip_notes(fs, screening)
-            if not keep_parts and not report.dialogues_failed and not read_only:
+            if not run.keep_parts and not report.dialogues_failed and not read_only:
                 store.remove_parts(fs)
         record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance()}
         if read_only and not report.reused:
@@ -343,27 +374,26 @@ def _run_locked(corpus, context, stages, args, *, cut_workers, keep_parts, progr
     return record
 
 
-def _run_shard(context: RunContext, work: Corpus, stages: list[str], args: argparse.Namespace,
-               screening: Screening, shard: Shard, *, cut_workers: int, progress: bool, ray_args=None) -> dict:
+def _run_shard(context: RunContext, work: Corpus, config: ExtractConfig, screening: Screening, shard: Shard) -> dict:
     """Process one shard's dialogues into parts; record what ``m3ed merge`` needs to publish."""
-    store = context.store
+    store, run = context.store, config.run
     record = {"package_version": __version__, "shard": shard.label,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": _versions(),
-              "config": {k: v for k, v in vars(args).items() if k != "func"}, "stages": {},
+              "config": config.to_dict(), "stages": {},
               "refused": screening.refused, "clipped": {u: list(v) for u, v in screening.clipped.items()},
               "publish": {}, "cut_failures": [], "complete": False}
-    for name in stages:
+    for name in run.stages:
         started = time.perf_counter()
         if name == "cut":
-            failures = cut_corpus(shard.select(work), context.media, store.clips_dir, workers=cut_workers, progress=progress,
-                                  screening=screening)
+            failures = cut_corpus(shard.select(work), context.media, store.clips_dir, workers=run.cut_workers,
+                                  progress=run.progress, screening=screening)
             record["cut_failures"] = [dataclasses.asdict(f) for f in failures]
             record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3), "failed": len(failures)}
             continue
-        stage = stage_class(name).from_args(args, context)
+        stage = build_stage(name, config.stage_options(name), context)
         try:
-            report = run_stage(stage, context, progress, work=work, screening=screening, publish=False, shard=shard,
-                               ray_args=ray_args)
+            report = run_stage(stage, context, run.progress, work=work, screening=screening, publish=False,
+                               shard=shard, ray_config=_on_ray_engine(config))
             record["publish"][name] = {"attrs": publish_attrs(stage, context.corpus, screening),
                                        "uses_media": stage.uses_media, "group_size": stage.group_size}
         finally:
@@ -464,18 +494,23 @@ def _hash_of(entry: dict) -> str:
     return next(iter(entry["attrs"].values()))["config_hash"]
 
 
-def preflight(stages: list[str], args: argparse.Namespace, context: RunContext) -> None:
+def preflight(config: ExtractConfig, context: RunContext) -> None:
     """Build every stage once and check its models before any work: a model that cannot be had
     is a configuration error, never an empty feature file. A stage that reads the output of an
     earlier stage of this run is checked when its turn comes."""
+    stages = config.run.stages
     for name in stages:
         if name == "cut" or set(stage_class(name).needs) & set(stages):
             continue
-        stage = stage_class(name).from_args(args, context)
+        stage = build_stage(name, config.stage_options(name), context)
         try:
             stage.preflight()
         finally:
             stage.close()
+
+
+def _on_ray_engine(config: ExtractConfig) -> ExtractConfig | None:
+    return config if config.run.engine == "ray" else None
 
 
 def _recorded_failures(store: FeatureStore, feature_set: str, corpus: Corpus, screening: Screening,
@@ -511,8 +546,9 @@ def media_of_run(out_dir, videos=None, pattern: str | None = None) -> MediaSourc
     """The media source a finished run used (videos folder, pattern, time conventions), from its
     ``run.json``; ``videos``/``pattern`` override it."""
     store = FeatureStore(out_dir)
-    config = json.loads(store.run_path.read_text(encoding="utf-8")).get("config", {}) if store.run_path.exists() else {}
-    timing = Timing(fps=config.get("fps", Timing.fps),
-                    dialogue_offset_frames=config.get("dialogue_offset_frames", Timing.dialogue_offset_frames),
-                    audio_shift=config.get("audio_shift", Timing.audio_shift))
-    return MediaSource(videos or config.get("videos"), pattern or config.get("video_pattern"), timing)
+    record = json.loads(store.run_path.read_text(encoding="utf-8")) if store.run_path.exists() else {}
+    config = ExtractConfig.from_dict(record.get("config"))
+    if videos is not None or pattern is not None:
+        config.media = dataclasses.replace(config.media, videos=str(videos) if videos else config.media.videos,
+                                           video_pattern=pattern or config.media.video_pattern)
+    return media_source(config)

@@ -16,7 +16,7 @@ import secrets
 from typing import Iterator
 
 from ..errors import ConfigurationError
-from ..stage import RunContext, stage_class
+from ..stage import RunContext, build_stage
 
 RESTARTS = 3   # restarts of a dead actor (and retries of its group) before the run gives up
 
@@ -49,12 +49,12 @@ def _worker_class():
     class StageWorker:
         """One replica of a stage: built once, then fed whole dialogue groups."""
 
-        def __init__(self, name, args, context: RunContext, threads: int):
+        def __init__(self, name, config, context: RunContext, threads: int):
             import torch
 
             torch.set_num_threads(threads)
             self.context = context
-            self.stage = stage_class(name).from_args(args, context)
+            self.stage = build_stage(name, config.stage_options(name), context)
 
         def read_probe(self, path: str) -> str | None:
             try:
@@ -75,7 +75,7 @@ def _worker_class():
 class RayGroups:
     """Runs a stage's groups on actors; :meth:`run` yields ``(dialogue id, error)`` as groups finish."""
 
-    def __init__(self, name: str, args, context: RunContext, groups: int):
+    def __init__(self, name: str, config, context: RunContext, groups: int):
         ray = _ray()
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
@@ -87,7 +87,7 @@ class RayGroups:
 
             context = dataclasses.replace(context, device="cuda")   # each actor sees its one GPU as cuda:0
         worker = _worker_class()
-        self.actors = [worker.options(**options).remote(name, args, context, 1) for _ in range(size)]
+        self.actors = [worker.options(**options).remote(name, config, context, 1) for _ in range(size)]
         self._check_shared(context)
 
     def _check_shared(self, context: RunContext) -> None:

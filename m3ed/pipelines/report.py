@@ -43,7 +43,7 @@ from ..store import Failure, FeatureReader, FeatureStore, atomic_write_text
 from .inspect_h5 import summarize_file
 from .viz import FONT_CANDIDATES
 
-log = logging.getLogger("m3ed")
+log = logging.getLogger(__name__)
 
 REPORT_HTML, REPORT_JSON = "report.html", "report.json"
 MAX_STRIP_CHARTS = 20        # dialogues drawn as strip charts (the rest are in the numbers only)
