@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .catalogue import downstream_sets, spec
 from .corpus import EMOTIONS, Corpus, Dialogue, Speaker, Utterance, utterance_id
 from .store import Failure, FeatureStore, config_hash
 
@@ -37,11 +38,15 @@ SIGNAL = {"l": 0.9, "a": 1.0, "v": 0.7}
 FINETUNED_GAIN = 1.3
 FRAME_COUNTS = {"l": (4, 16), "a": (6, 24), "v": (3, 12)}      # uniform ranges of T per utterance
 FRAME_NOISE = 2.0    # per frame; the mean of T frames has noise 2/sqrt(T), about that of the pooled sets
-SET_NAMES = {
-    "l": ("roberta_frame", "roberta_mean", "roberta_ft_cls"),
-    "a": ("wav2vec2_frame", "wav2vec2_mean", "wav2vec2_ft_last"),
-    "v": ("denseface_frame", "denseface_mean", None),
-}
+def _set_names(letter: str) -> tuple[str, str, str | None]:
+    """(frame-level set, pooled set, fine-tuned set or None) of a modality, from the catalogue."""
+    utterance = [spec(name) for name in downstream_sets(letter, "utterance")]
+    pooled = next(s.name for s in utterance if not s.finetuned)
+    tuned = next((s.name for s in utterance if s.finetuned), None)
+    return downstream_sets(letter, "frame")[0], pooled, tuned
+
+
+SET_NAMES = {m: _set_names(m) for m in "lav"}
 
 
 @dataclass

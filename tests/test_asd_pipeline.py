@@ -149,8 +149,8 @@ def test_run_records_the_threads_used(asd_out):
     import json
 
     config = json.loads((asd_out / "run.json").read_text())["config"]
-    assert isinstance(config["threads"], int) and config["threads"] >= 1
-    assert config["detect_every"] == 5 and config["asd_frames"] == "utterances"
+    assert isinstance(config["run"]["threads"], int) and config["run"]["threads"] >= 1
+    assert config["asd"]["detect_every"] == 5 and config["asd"]["frames"] == "utterances"
 
 
 def test_track_frames_outside_utterances_are_not_scored(asd_out, sample_corpus):

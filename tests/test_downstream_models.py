@@ -33,7 +33,7 @@ def load(features_dir: Path, name: str, modalities: str = "l,a,v") -> DialogueDa
 
 def build(name: str, data: DialogueData, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model(name, profile="tiny", input_dims=data.dims, num_speakers=2, **overrides)
+    return create_model(name, size="tiny", input_dims=data.dims, num_speakers=2, **overrides)
 
 
 def test_the_registry_lists_all_architectures() -> None:

@@ -41,7 +41,7 @@ def trained(features_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     for name in (BASELINE, "multienc") + DIALOGUE_MODELS:
         config = TrainConfig(features=features_dir, model=name, modalities="l,a,v", seeds=(0,),
                              out=runs / name, epochs=20, patience=20, batch_size=16, lr=3e-3,
-                             profile="tiny", verbose=False)
+                             size="tiny", verbose=False)
         results[name] = train(config)
     return results
 
@@ -93,7 +93,7 @@ def test_outputs_are_written_and_the_checkpoint_loads_strictly(trained: dict, fe
 
 def test_seeds_are_reproducible_and_summarised(features_dir: Path, tmp_path: Path) -> None:
     config = TrainConfig(features=features_dir, model=BASELINE, modalities="a,v", seeds=(0, 1, 0), out=tmp_path,
-                         epochs=3, patience=3, lr=3e-3, profile="tiny", verbose=False)
+                         epochs=3, patience=3, lr=3e-3, size="tiny", verbose=False)
     results = train(config)
     first, second, again = results["runs"]
     assert first["val"] == again["val"] and first["test"] == again["test"]
@@ -113,7 +113,7 @@ def test_cli_trains_and_reports_missing_feature_sets(tmp_path: Path, capsys: pyt
     args = parser.parse_args(["make-synthetic", "--out", str(data), "--dialogues", "20", "--dims", "6,6,4", "--no-frames"])
     assert args.func(args) == 0
     args = parser.parse_args(["train", "--features", str(data), "--model", "dialoguegcn", "--modalities", "l",
-                              "--seeds", "0", "--epochs", "2", "--out", str(tmp_path / "run"), "--profile", "tiny",
+                              "--seeds", "0", "--epochs", "2", "--out", str(tmp_path / "run"), "--size", "tiny",
                               "--model-config", "graph_hidden=8", "--quiet"])
     assert args.func(args) == 0
     record = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -128,7 +128,7 @@ def test_cli_trains_and_reports_missing_feature_sets(tmp_path: Path, capsys: pyt
 
 def test_grid_writes_the_table(features_dir: Path, tmp_path: Path) -> None:
     config = TrainConfig(features=features_dir, seeds=(0,), out=tmp_path, epochs=1, patience=1, lr=3e-3,
-                         profile="tiny", grid=True, grid_models=(BASELINE,), verbose=False)
+                         size="tiny", grid=True, grid_models=(BASELINE,), verbose=False)
     grid = train(config)
     assert len(grid["results"]) == 7 and not grid["skipped"]
     table = (tmp_path / "results.md").read_text()
@@ -155,7 +155,7 @@ def test_authors_protocol_drops_the_worst_validation_run() -> None:
 
 def test_results_report_both_summaries(features_dir: Path, tmp_path: Path) -> None:
     config = TrainConfig(features=features_dir, model=BASELINE, modalities="l", seeds=(0, 1, 2), out=tmp_path,
-                         epochs=2, lr=3e-3, profile="tiny", verbose=False)
+                         epochs=2, lr=3e-3, size="tiny", verbose=False)
     results = train(config)
     val = [r["val"]["weighted_f1"] for r in results["runs"]]
     test = [r["test"]["weighted_f1"] for r in results["runs"]]
@@ -172,7 +172,7 @@ def test_mdi_trains_with_the_authors_schedule_by_default(features_dir: Path, tmp
     """run_htrm.py: get_scheduler("cosine", warm-up 0) over epochs x batches, one dialogue per batch,
     no early stop. The learning rate after epoch e of E is lr0 * (1 + cos(pi * e / E)) / 2."""
     config = TrainConfig(features=features_dir, model="mdi", modalities="l", seeds=(0,), out=tmp_path,
-                         epochs=4, profile="tiny", verbose=False)
+                         epochs=4, size="tiny", verbose=False)
     run = train(config)["runs"][0]
     resolved = json.loads((tmp_path / "results.json").read_text())["train_config"]
     assert (resolved["batch_size"], resolved["lr"], resolved["weight_decay"]) == (1, 3e-5, 0.0)

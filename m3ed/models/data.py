@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 import torch
 
+from ..catalogue import downstream_sets
 from ..corpus import SPLITS, Corpus, Dialogue
 from ..store import FeatureReader, FeatureStore, pad_frames
 
@@ -58,17 +59,9 @@ __all__ = [
 MODALITIES: tuple[str, ...] = ("l", "a", "v")
 MODALITY_NAMES: dict[str, str] = {"l": "text", "a": "audio", "v": "visual"}
 #: Utterance-level defaults per modality, first present wins (the paper's "Utt_ft" features first).
-DEFAULT_FEATURE_SETS: dict[str, tuple[str, ...]] = {
-    "l": ("roberta_ft_cls", "roberta_mean"),
-    "a": ("wav2vec2_ft_last", "wav2vec2_mean"),
-    "v": ("denseface_mean",),
-}
+DEFAULT_FEATURE_SETS: dict[str, tuple[str, ...]] = {m: downstream_sets(m, "utterance") for m in MODALITIES}
 #: Frame-level defaults per modality (the paper's "Frm" features).
-FRAME_FEATURE_SETS: dict[str, tuple[str, ...]] = {
-    "l": ("roberta_frame",),
-    "a": ("wav2vec2_frame",),
-    "v": ("denseface_frame",),
-}
+FRAME_FEATURE_SETS: dict[str, tuple[str, ...]] = {m: downstream_sets(m, "frame") for m in MODALITIES}
 #: Label of padding and of utterances without a known emotion (what ``cross_entropy`` ignores).
 IGNORE_INDEX = -100
 LEVELS = ("utterance", "frame")

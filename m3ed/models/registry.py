@@ -75,7 +75,7 @@ class ModelEntry:
     config_cls: type[ModelConfig]
     input_level: str
     description: str
-    tiny: dict[str, Any] = field(default_factory=dict)   # config overrides of the "tiny" profile (tests)
+    tiny: dict[str, Any] = field(default_factory=dict)   # config overrides of the "tiny" size (tests)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -85,7 +85,7 @@ def register_model(name: str, *, config: type[ModelConfig], input_level: str = "
                    tiny: dict[str, Any] | None = None) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make ``model_cls(config_cls(...))`` available as ``create_model(name)``.
 
-    ``tiny`` holds the config overrides of the model's "tiny" profile (small and fast, for tests).
+    ``tiny`` holds the config overrides of the model's "tiny" size (small and fast, for tests).
     """
     if input_level not in ("utterance", "frame"):
         raise ValueError(f"register_model({name!r}): input_level must be 'utterance' or 'frame'")
@@ -121,15 +121,18 @@ def get_model_entry(name: str) -> ModelEntry:
     return _REGISTRY[key]
 
 
-def create_model(name: str, profile: str = "paper", **config: Any) -> nn.Module:
+SIZES = ("paper", "tiny")   # model sizes: the authors', or small ones for tests
+
+
+def create_model(name: str, size: str = "paper", **config: Any) -> nn.Module:
     """Build a registered model from its config fields (unknown fields are an error).
 
-    ``profile="tiny"`` starts from the model's tiny sizes; explicit fields still win.
+    ``size="tiny"`` starts from the model's tiny sizes; explicit fields still win.
     """
     entry = get_model_entry(name)
-    if profile not in ("paper", "tiny"):
-        raise ValueError(f"profile {profile!r}: use 'paper' (the authors' sizes) or 'tiny' (tests)")
-    if profile == "tiny":
+    if size not in SIZES:
+        raise ValueError(f"size {size!r}: use 'paper' (the authors' sizes) or 'tiny' (tests)")
+    if size == "tiny":
         config = {**entry.tiny, **config}
     known = {f.name for f in fields(entry.config_cls)}
     unknown = sorted(set(config) - known)

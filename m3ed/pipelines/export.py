@@ -37,6 +37,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
+from ..catalogue import letter_of
 from ..corpus import EMOTIONS
 from ..models.data import MODALITIES, MODALITY_NAMES, DialogueData, parse_features_map
 from ..store import FeatureReader, FeatureStore
@@ -47,8 +48,6 @@ FORMATS = ("dialoguernn", "iemocap", "mmin")
 IEMOCAP_SPEAKERS = {"A": "M", "B": "F"}
 MMIN_FOLDERS = {"l": "L", "a": "A", "v": "V"}
 MMIN_SET_NAMES = {"trn": "train", "val": "val", "tst": "test"}
-# Which modality a feature set of DESIGN §4 belongs to, by name prefix.
-SET_PREFIXES = {"roberta": "l", "wav2vec2": "a", "denseface": "v"}
 
 
 # ---- portable pickles -----------------------------------------------------------------------------
@@ -161,7 +160,7 @@ def _mmin_sets(features_dir: Path, features_map: Mapping[str, str], notes: list[
             chosen[m].append(name)
         return chosen
     for name in present:
-        m = SET_PREFIXES.get(name.split("_")[0])
+        m = letter_of(name)
         if m is None:
             notes.append(f"skipped feature set {name!r}: not a text, audio or visual set")
         else:

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..asd.assign import COLUMNS, RULE_NAMES
+from ..asd.assign import RULE_NAMES
+from ..catalogue import COLUMN
 from ..asd.pipeline import FEATURE_SET as SPEAKER_FACES, tracks_path
 from ..corpus import EMOTIONS, SPLITS, Corpus, Dialogue
 from ..stats import split_stats
@@ -51,7 +52,6 @@ FAILURE_EXAMPLES = 3
 SCORE_BINS = 20              # histogram of speaking probabilities over [0, 1]
 CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Micro Hei",
                 "WenQuanYi Zen Hei", "Droid Sans Fallback", "AR PL UMing CN", "SimHei", "Microsoft YaHei", "PingFang SC")
-_FRAME, _TRACK, _STAGE = COLUMNS.index("frame"), COLUMNS.index("track"), COLUMNS.index("stage")
 _STAGE_NAMES = RULE_NAMES   # the stage column's codes: which assignment rule chose the face
 
 
@@ -178,7 +178,7 @@ def asd_section(out_dir: Path, corpus: Corpus, plots: "Plots") -> tuple[dict, li
                 continue
             counts = Counter({name: 0 for name in _STAGE_NAMES.values()})
             for rows in arrays.values():
-                counts.update(_STAGE_NAMES[int(s)] for s in rows[:, _STAGE])
+                counts.update(_STAGE_NAMES[int(s)] for s in rows[:, COLUMN["stage"]])
             total.update(counts)
             per_dialogue[dialogue.id] = _shares(counts)
             if len(figures) < MAX_STRIP_CHARTS:
@@ -317,7 +317,7 @@ class Plots:
         from matplotlib.patches import Patch
 
         rows = np.concatenate(list(arrays.values()))
-        tracks = sorted({int(t) for t in rows[:, _TRACK] if t >= 0})
+        tracks = sorted({int(t) for t in rows[:, COLUMN["track"]] if t >= 0})
         level = {t: i + 1 for i, t in enumerate(tracks)}
         speakers = sorted(dialogue.speakers) or sorted({u.speaker for u in dialogue.utterances})
         palette = {key: f"C{i}" for i, key in enumerate(speakers)}
@@ -326,11 +326,11 @@ class Plots:
             ax = fig.subplots()
             for u in dialogue.utterances:
                 ax.axvspan(u.start, u.end, color=palette.get(u.speaker, "C7"), alpha=0.15, lw=0)
-            t = rows[:, _FRAME] / fps
-            y = np.array([level.get(int(k), 0) for k in rows[:, _TRACK]])
+            t = rows[:, COLUMN["frame"]] / fps
+            y = np.array([level.get(int(k), 0) for k in rows[:, COLUMN["track"]]])
             colours = ["#999999", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#d62728"]
             for stage, colour in zip(_STAGE_NAMES, colours):
-                pick = rows[:, _STAGE] == stage
+                pick = rows[:, COLUMN["stage"]] == stage
                 if pick.any():
                     ax.scatter(t[pick], y[pick], s=4, color=colour, label=_STAGE_NAMES[stage])
             ax.set_yticks(range(len(tracks) + 1), ["none"] + [f"track {k}" for k in tracks])
@@ -425,8 +425,11 @@ def _run_html(run: dict) -> str:
                     [[s["stage"], s["seconds"], s["real_time_factor"], s["utterances_per_second"], s["dialogues_done"],
                       s["dialogues_skipped"], s["dialogues_failed"], "yes" if s["reused"] else "no"] for s in run["stages"]],
                     "stages")
+    options = {f"{section}.{k}" if isinstance(values, dict) else section: v
+               for section, values in run["config"].items()
+               for k, v in (values.items() if isinstance(values, dict) else [(section, values)])}
     config = _table(["option", "value"], [[k, json.dumps(v, ensure_ascii=False, default=str)]
-                                          for k, v in sorted(run["config"].items())], left=2)
+                                          for k, v in options.items()], left=2)
     versions = _table(["library", "version"], [[k, v] for k, v in sorted(run["versions"].items())], left=2)
     return (f"<h2>Run</h2><p>package {_e(run['package_version'])}, started {_e(run['started'])}, finished "
             f"{_e(run['finished'])}, total stage time {run['total_seconds']:.1f} s. Real-time factor: stage seconds per "

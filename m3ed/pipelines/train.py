@@ -45,8 +45,8 @@ from .. import __version__
 from ..corpus import EMOTIONS
 from ..models.data import (IGNORE_INDEX, DialogueData, length_bucketed_batches, modality_combinations,
                               parse_features_map, parse_modalities)
-from ..models.registry import create_model, get_model_entry, list_models
-from ..store import atomic_write_text
+from ..models.registry import SIZES, create_model, get_model_entry, list_models
+from ..files import atomic_path, atomic_write_text
 
 __all__ = ["TrainConfig", "add_train_parser", "evaluate", "train", "write_table"]
 
@@ -75,7 +75,7 @@ class TrainConfig:
     device: str = "auto"                     # auto, cpu, cuda, cuda:1, ...
     features_map: dict[str, str] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)   # overrides of the model's config
-    profile: str = "paper"                   # "paper": the authors' sizes; "tiny": small (tests, demos)
+    size: str = "paper"                      # "paper": the authors' sizes; "tiny": small (tests, demos)
     max_frames: int | None = None            # frame-level models: frames kept per utterance
     grad_clip: float | None = 5.0
     grid: bool = False
@@ -235,7 +235,7 @@ def _build(config: TrainConfig, data: DialogueData, seed: int, device: torch.dev
     entry = get_model_entry(config.model)
     seed_everything(seed)
     overrides = _model_overrides(entry.name, config.model_config, strict=not config.grid)
-    model = create_model(entry.name, profile=config.profile, input_dims=data.dims,
+    model = create_model(entry.name, size=config.size, input_dims=data.dims,
                          num_speakers=max(2, data.num_speakers), **overrides).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     use_fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
@@ -279,10 +279,8 @@ def _train_epoch(run: _Run, config: TrainConfig, data: DialogueData, device: tor
 
 
 def _save_checkpoint(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(record, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(record, tmp)
 
 
 def _train_seed(config: TrainConfig, data: DialogueData, seed: int, device: torch.device,
@@ -563,7 +561,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                              "(default l=roberta_ft_cls|roberta_mean, a=wav2vec2_ft_last|wav2vec2_mean, v=denseface_mean)")
     parser.add_argument("--model-config", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override model config fields, e.g. hidden=256 mdi.fusion=per_block")
-    parser.add_argument("--profile", choices=("paper", "tiny"), default="paper",
+    parser.add_argument("--size", choices=SIZES, default="paper",
                         help="model sizes: the authors' (paper) or small ones for a quick check (tiny)")
     parser.add_argument("--max-frames", type=int, help="frame-level models: keep at most this many frames per utterance")
     parser.add_argument("--grid", action="store_true", help="every model on every modality combination")
@@ -584,7 +582,7 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
             min_epochs=args.min_epochs,
             device=args.device, features_map=args.features_map, model_config=_key_values(args.model_config),
-            profile=args.profile, class_weights=args.class_weights, schedule=args.schedule,
+            size=args.size, class_weights=args.class_weights, schedule=args.schedule,
             early_stop=args.early_stop, max_frames=args.max_frames, grid=args.grid,
             grid_models=tuple(m for m in args.models.split(",") if m.strip()), verbose=not args.quiet)
         train(config)

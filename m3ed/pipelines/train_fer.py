@@ -40,6 +40,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 from torch import nn
 
+from ..files import atomic_path, atomic_write_text
 from ..models.densenet_fer import FACE_SIZE, FER_PLUS_CLASSES, M3ED_FACE_MEAN, M3ED_FACE_STD, DenseNetFER, preprocess
 
 CHECKPOINT_NAME, METRICS_NAME = "densenet_fer.pt", "metrics.json"
@@ -80,7 +81,7 @@ class FaceSet:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class FerTrainConfig:
     epochs: int = 200
     batch_size: int = 64
     lr: float = 1e-3
@@ -253,7 +254,7 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 @torch.inference_mode()
-def evaluate(model: DenseNetFER, faces: FaceSet, config: TrainConfig) -> dict[str, float]:
+def evaluate(model: DenseNetFER, faces: FaceSet, config: FerTrainConfig) -> dict[str, float]:
     """WA (accuracy), UA (macro recall) and F1 (macro), as the authors report them."""
     model.eval()
     predictions = []
@@ -268,7 +269,7 @@ def evaluate(model: DenseNetFER, faces: FaceSet, config: TrainConfig) -> dict[st
             "n": int(len(faces))}
 
 
-def train(data: dict[str, FaceSet], config: TrainConfig, out_dir: str | Path) -> dict:
+def train(data: dict[str, FaceSet], config: FerTrainConfig, out_dir: str | Path) -> dict:
     """Train, keep the best epoch by validation F1, write the checkpoint and metrics; return the metrics."""
     if "train" not in data or len(data["train"]) == 0:
         raise FerDataError("no training images after filtering (check the files and their Usage/split columns)")
@@ -307,7 +308,8 @@ def train(data: dict[str, FaceSet], config: TrainConfig, out_dir: str | Path) ->
             waited += 1
         if waited > config.patience or (config.max_steps and steps >= config.max_steps):
             break
-    torch.save(best_state, out_dir / CHECKPOINT_NAME)
+    with atomic_path(out_dir / CHECKPOINT_NAME) as tmp:   # a killed run never leaves half a checkpoint
+        torch.save(best_state, tmp)
     model.load_state_dict(best_state)
     metrics = {
         "checkpoint": str(out_dir / CHECKPOINT_NAME), "classes": list(FER_PLUS_CLASSES), "config": asdict(config),
@@ -318,7 +320,7 @@ def train(data: dict[str, FaceSet], config: TrainConfig, out_dir: str | Path) ->
         "history": history,
         "metric_definitions": {"WA": "overall accuracy", "UA": "macro recall", "F1": "macro F1"},
     }
-    (out_dir / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -338,7 +340,7 @@ def add_train_fer_parser(subparsers) -> argparse.ArgumentParser:
                       help="AffectNet DIR/{train,val}/{class}/*.jpg, or training.csv / validation.csv (repeatable)")
     data.add_argument("--affectnet-images", metavar="DIR", help="root of the AffectNet CSV's subDirectory_filePath")
     parser.add_argument("--out", required=True, metavar="DIR", help=f"writes {CHECKPOINT_NAME} and {METRICS_NAME}")
-    defaults = TrainConfig()
+    defaults = FerTrainConfig()
     parser.add_argument("--epochs", type=int, default=defaults.epochs, help="most epochs (authors: 200)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="authors: 64")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate, halved every 40 epochs")
@@ -354,7 +356,7 @@ def add_train_fer_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_train_fer(args: argparse.Namespace) -> int:
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+    config = FerTrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                          max_steps=args.max_steps, mean=args.mean, std=args.std, device=args.device, seed=args.seed)
     data = load_datasets(args)
     print("images: " + ", ".join(f"{split} {len(faces)}" for split, faces in sorted(data.items())))

@@ -24,7 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..asd.assign import COLUMNS, RULE_NAMES
+from ..asd.assign import RULE_NAMES
+from ..catalogue import BOX, COLUMN
 from ..asd.pipeline import FEATURE_SET, read_dialogue_faces
 from ..corpus import Corpus, Dialogue
 from ..locate import MediaSource
@@ -39,8 +40,6 @@ FONT_CANDIDATES = (
     "/System/Library/Fonts/PingFang.ttc", "C:/Windows/Fonts/msyh.ttc",
 )
 GREEN, RED, YELLOW, WHITE = (0, 200, 0), (220, 0, 0), (255, 220, 0), (255, 255, 255)
-_FRAME, _TRACK, _BOX, _PROB, _STAGE, _SIM = (COLUMNS.index("frame"), COLUMNS.index("track"), slice(2, 6),
-                                            COLUMNS.index("asd_prob"), COLUMNS.index("stage"), COLUMNS.index("similarity"))
 
 
 def add_viz_parser(subparsers) -> argparse.ArgumentParser:
@@ -125,8 +124,8 @@ def _speaker_rows(dialogue: Dialogue, out_dir: Path) -> dict[int, np.ndarray]:
         for u in dialogue.utterances:
             rows = reader.get(u.id)
             if rows is not None:
-                for row in rows[rows[:, _TRACK] >= 0]:
-                    out[int(row[_FRAME])] = row
+                for row in rows[rows[:, COLUMN["track"]] >= 0]:
+                    out[int(row[COLUMN["frame"]])] = row
     return out
 
 
@@ -161,9 +160,10 @@ def _draw_frame(image: np.ndarray, faces, chosen: np.ndarray | None, caption: tu
         cv2.putText(image, f"#{track_id} {prob:.2f}", (x1, max(y1 - 5, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1,
                     cv2.LINE_AA)
     if chosen is not None:
-        x1, y1, x2, y2 = (int(round(v)) for v in chosen[_BOX])
-        stage = int(chosen[_STAGE])
-        label = f"speaker {RULE_NAMES.get(stage, stage)}" + ("" if np.isnan(chosen[_SIM]) else f" sim {chosen[_SIM]:.2f}")
+        x1, y1, x2, y2 = (int(round(v)) for v in chosen[BOX])
+        stage = int(chosen[COLUMN["stage"]])
+        similarity = chosen[COLUMN["similarity"]]
+        label = f"speaker {RULE_NAMES.get(stage, stage)}" + ("" if np.isnan(similarity) else f" sim {similarity:.2f}")
         cv2.rectangle(image, (x1, y1), (x2, y2), YELLOW, 4)
         cv2.putText(image, label, (x1, min(y2 + 18, image.shape[0] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.55, YELLOW, 2, cv2.LINE_AA)
     if caption:
