@@ -99,13 +99,19 @@ def _check_span(info: MediaInfo, start: float, end: float) -> None:
         raise MediaError(f"{info.path}: span {start:.3f}–{end:.3f} s lies beyond the file (duration {info.duration:.3f} s)")
 
 
+def _checked(path: str | Path, info: MediaInfo | None, stream: str, start: float, end: float) -> MediaInfo:
+    """``path``'s probe, checked to have an ``audio``/``video`` stream covering ``start``–``end``."""
+    info = info or probe(path)
+    if not getattr(info, f"has_{stream}"):
+        raise MediaError(f"{path}: has no {stream} stream")
+    _check_span(info, start, end)
+    return info
+
+
 def decode_audio(path: str | Path, start: float, end: float, sample_rate: int = SAMPLE_RATE,
                  info: MediaInfo | None = None) -> np.ndarray:
     """Mono float32 samples in [-1, 1] for ``start``–``end`` seconds, exactly round(duration·rate) long."""
-    info = info or probe(path)
-    if not info.has_audio:
-        raise MediaError(f"{path}: has no audio stream")
-    _check_span(info, start, end)
+    info = _checked(path, info, "audio", start, end)
     cmd = [ffmpeg_exe(), "-v", "error", "-ss", f"{start:.6f}", "-t", f"{end - start:.6f}", "-i", str(path),
            "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
     samples = np.frombuffer(_run(cmd, path, "audio decode").stdout, dtype=np.float32)
@@ -124,10 +130,7 @@ def iter_frames(path: str | Path, start: float, end: float, fps: float = 25.0, h
     ``height`` rescales keeping the aspect ratio (None: native size). Memory stays bounded by one
     chunk however long the span. Frame i shows time ``start + i / fps``.
     """
-    info = info or probe(path)
-    if not info.has_video:
-        raise MediaError(f"{path}: has no video stream")
-    _check_span(info, start, end)
+    info = _checked(path, info, "video", start, end)
     width, out_height = info.width, info.height
     if height:
         width, out_height = 2 * round(info.width * height / info.height / 2), height

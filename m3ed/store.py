@@ -260,40 +260,35 @@ class FeatureStore:
                 **(known.attrs() if known else {}), **attrs, **extra,
             })
 
-    def published_dialogues(self, feature_set: str, config: str | None) -> dict[str, str]:
-        """``{dialogue id: dialogue hash}`` of the published file when it has configuration ``config``."""
+    def _published_attrs(self, feature_set: str) -> dict:
+        """The attributes of ``features/{set}.h5`` ({} when it is missing or unreadable)."""
         path = self.feature_path(feature_set)
-        if config is None or not path.exists():
+        if not path.exists():
             return {}
         try:
             with h5py.File(path, "r") as h5:
-                if h5.attrs.get("config_hash") != config:
-                    return {}
-                return json.loads(h5.attrs.get("dialogue_hashes", "{}"))
-        except (OSError, json.JSONDecodeError):
+                return dict(h5.attrs)
+        except OSError:
+            return {}
+
+    def published_dialogues(self, feature_set: str, config: str | None) -> dict[str, str]:
+        """``{dialogue id: dialogue hash}`` of the published file when it has configuration ``config``."""
+        attrs = self._published_attrs(feature_set) if config is not None else {}
+        if attrs.get("config_hash") != config:
+            return {}
+        try:
+            return json.loads(attrs.get("dialogue_hashes", "{}"))
+        except json.JSONDecodeError:
             return {}
 
     def published_config(self, feature_set: str) -> str | None:
-        path = self.feature_path(feature_set)
-        if not path.exists():
-            return None
-        try:
-            with h5py.File(path, "r") as h5:
-                value = h5.attrs.get("config_hash")
-                return None if value is None else str(value)
-        except OSError:
-            return None
+        value = self._published_attrs(feature_set).get("config_hash")
+        return None if value is None else str(value)
 
     def is_published(self, feature_set: str, config: str, corpus: str | None = None) -> bool:
         """Whether ``features/{set}.h5`` exists with this configuration (and this corpus digest)."""
-        path = self.feature_path(feature_set)
-        if not path.exists():
-            return False
-        try:
-            with h5py.File(path, "r") as h5:
-                return h5.attrs.get("config_hash") == config and (corpus is None or h5.attrs.get("corpus_hash") == corpus)
-        except OSError:
-            return False
+        attrs = self._published_attrs(feature_set)
+        return attrs.get("config_hash") == config and (corpus is None or attrs.get("corpus_hash") == corpus)
 
     def write_manifest(self, corpus: Corpus) -> None:
         """The corpus as ``manifest.jsonl``; an identical manifest is left untouched."""

@@ -135,6 +135,19 @@ class Piece:
     keep_to: int
 
 
+def conv_hop(config) -> int:
+    """Samples per output frame of a Wav2Vec2-style convolutional front end (its strides' product)."""
+    return int(np.prod(config.conv_stride))
+
+
+def receptive_field(config) -> int:
+    """Samples one output frame of the front end sees (the shortest usable input)."""
+    field = 1
+    for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
+        field = (field - 1) * stride + kernel
+    return field
+
+
 class AudioEncoder:
     """A feature extractor and a Wav2Vec2-style encoder on a device: waveforms in, frame features out."""
 
@@ -145,9 +158,8 @@ class AudioEncoder:
         self.features, self.model = load_audio(spec, option)
         self.model.to(device)
         config = self.model.config
-        self.kernels, self.strides = list(config.conv_kernel), list(config.conv_stride)
-        self.hop = int(np.prod(self.strides))            # samples per frame (320: 50 Hz)
-        self.field = self.receptive_field()              # samples for one frame (400)
+        self.hop = conv_hop(config)                      # samples per frame (320: 50 Hz)
+        self.field = receptive_field(config)             # samples for one frame (400)
         self.use_mask = bool(getattr(self.features, "return_attention_mask", False))
         invariant = getattr(config, "feat_extract_norm", "group") == "layer" and self.use_mask
         self.budget = BatchBudget(budget.max_items, budget.max_padded, equal_length_only=not invariant)
@@ -160,12 +172,6 @@ class AudioEncoder:
     @property
     def frame_rate(self) -> float:
         return SAMPLE_RATE / self.hop
-
-    def receptive_field(self) -> int:
-        field = 1
-        for kernel, stride in zip(reversed(self.kernels), reversed(self.strides)):
-            field = (field - 1) * stride + kernel
-        return field
 
     def num_frames(self, samples: int) -> int:
         """Frames the conv front end gives for ``samples`` (as ``_get_feat_extract_output_lengths``)."""
@@ -322,7 +328,7 @@ class AudioStage(Stage):
 
     def attrs(self, feature_set: str) -> dict:
         spec = self.config.model
-        common = {"sample_rate": SAMPLE_RATE, "frame_rate": SAMPLE_RATE / 320}
+        common = {"sample_rate": SAMPLE_RATE, "frame_rate": self._encoder("base").frame_rate}
         if feature_set == FT_LAST:
             return {**common, "model": str(self.config.finetuned), "pooling": "last time step",
                     "input": self.ft_rule.describe(), "ft_seconds": self.ft_rule.seconds}

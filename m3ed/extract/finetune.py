@@ -273,11 +273,3 @@ def format_table(modality: str, best: dict) -> str:
         m = best[split]
         rows.append(f"{split:<6} {m['weighted_f1']:>12.2f} {m['macro_f1']:>9.2f} {paper[split]:>10.2f} {m['n']:>6}")
     return "\n".join(rows)
-
-
-def receptive_field(config) -> int:
-    """Samples one output frame of a wav2vec2 conv front end sees (the shortest usable input)."""
-    field_ = 1
-    for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
-        field_ = (field_ - 1) * stride + kernel
-    return field_

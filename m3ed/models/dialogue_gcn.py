@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .data import Batch, early_fusion
+from .layers import matching_attention
 from .registry import ModelConfig, register_model
 
 __all__ = ["DialogueGCN", "DialogueGCNConfig", "relation_graph"]
@@ -144,9 +145,7 @@ class DialogueGCN(nn.Module):
         h2 = F.relu(self.gcn_neighbours(adjacency @ h1) + self.gcn_root(h1))
         features = torch.cat([g, h2], -1)
         if self.nodal_transform is not None:
-            att = torch.tanh(torch.einsum("bid,bjd->bij", self.nodal_transform(features), features))
-            att = att.masked_fill(~batch.mask[:, None, :], float("-inf"))
-            features = torch.einsum("bij,bjd->bid", F.softmax(att, dim=-1), features)
+            features = matching_attention(self.nodal_transform, features, batch.mask)
         return self.dropout(F.relu(self.linear(features)))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

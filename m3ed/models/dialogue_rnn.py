@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Batch, early_fusion
+from .layers import matching_attention
 from .registry import ModelConfig, register_model
 
 __all__ = ["DialogueRNN", "DialogueRNNConfig"]
@@ -189,10 +190,7 @@ class DialogueRNN(nn.Module):
             emotions = torch.cat([emotions, reverse_within_length(backward, batch.mask)], -1)
         emotions = self.rec_dropout(emotions)
         if self.emotion_transform is not None:
-            # "general2" matching attention of every utterance over the dialogue's emotion states.
-            scores = torch.tanh(torch.einsum("bid,bjd->bij", self.emotion_transform(emotions), emotions))
-            scores = scores.masked_fill(~batch.mask[:, None, :], float("-inf"))
-            emotions = torch.einsum("bij,bjd->bid", F.softmax(scores, dim=-1), emotions)
+            emotions = matching_attention(self.emotion_transform, emotions, batch.mask)
         return self.dropout(F.relu(self.linear(emotions)))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,9 @@ import json
 import time
 from pathlib import Path
 
+from ..extract.audio import receptive_field
 from ..extract.finetune import (DEFAULTS, PAPER_WEIGHTED_F1, FinetuneConfig, Split, Trainer, audio_examples, format_table,
-                                input_rule, receptive_field, text_examples)
+                                input_rule, text_examples)
 from ..device import default_device
 from ..profiles import PROFILES
 from .cli import add_corpus_arguments, add_media_arguments, load_corpus_from_args, media_from_args
