@@ -10,6 +10,7 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from m3ed.corpus import Corpus, Dialogue, Utterance
+from m3ed.errors import ConfigurationError
 from m3ed.extract.audio import (FRAME, FT_LAST, MEAN, NO_AUDIO, AudioConfig, AudioEncoder, AudioStage, InputRule,
                                resolve_input_rule)
 from m3ed.extract.batching import BatchBudget
@@ -192,6 +193,27 @@ def test_mean_clips_the_waveform_before_encoding_like_the_authors(tmp_path, tiny
     np.testing.assert_allclose(means["after"]["d1_1"], frames[:500].mean(axis=0), rtol=1e-5, atol=1e-6)
     assert frames.shape[0] > 500 and relative_error(means["before"]["d1_1"], means["after"]["d1_1"]) > 1e-3
     np.testing.assert_allclose(means["before"]["d1_2"], means["after"]["d1_2"], rtol=1e-5, atol=1e-6)  # 2 s: same
+
+
+def test_mean_alone_encodes_only_the_clip_it_averages(tmp_path, tiny_audio, speech):
+    """--audio-sets wav2vec2_mean: the same means, from 10 s of model input for a 12 s utterance."""
+    write_wav(tmp_path / "long.wav", np.concatenate([speech, speech[::-1], speech])[:12 * 16000])
+    clip = dialogue_on(tmp_path / "long.wav", "d1", [(0.0, 12.0), (1.0, 3.0)])
+    seen, results = {}, {}
+    for sets in (None, (MEAN,)):
+        stage = AudioStage(AudioConfig(tiny_audio, sets=sets))
+        samples = []   # the real (unpadded) samples that reach the model, counted by a forward hook
+        stage._encoder("base").model.register_forward_hook(
+            lambda m, args, kw, out: samples.append(int(kw["attention_mask"].sum())), with_kwargs=True)
+        results[sets], = stage.process([clip], context(tmp_path, [clip]))
+        stage.close()
+        seen[sets] = sum(samples)
+    assert stage.feature_sets == (MEAN,) and list(results[(MEAN,)].features) == [MEAN]
+    for u in ("d1_1", "d1_2"):
+        np.testing.assert_allclose(results[(MEAN,)].features[MEAN][u], results[None].features[MEAN][u], rtol=1e-4, atol=1e-5)
+    assert seen[(MEAN,)] <= (10 + 2) * 16000 < (12 + 10 + 2) * 16000 <= seen[None]
+    with pytest.raises(ConfigurationError, match="wav2vec2_ft_last needs --audio-finetuned"):
+        AudioConfig(tiny_audio, sets=(FT_LAST,))
 
 
 def test_missing_and_corrupted_models_fail_clearly(tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..corpus import Dialogue
+from ..errors import ConfigurationError
 from ..locate import MediaSource
 from ..media import SAMPLE_RATE, MediaError
 from ..options import option
@@ -175,7 +176,7 @@ class AudioEncoder:
 
     def num_frames(self, samples: int) -> int:
         """Frames the conv front end gives for ``samples`` (as ``_get_feat_extract_output_lengths``)."""
-        for kernel, stride in zip(self.kernels, self.strides):
+        for kernel, stride in zip(self.model.config.conv_kernel, self.model.config.conv_stride):
             samples = (samples - kernel) // stride + 1
         return max(0, samples)
 
@@ -256,6 +257,12 @@ class AudioOptions:
     chunk_seconds: float = option(30.0, "longer utterances are encoded in overlapping windows of S seconds "
                                         "(default: %(default)s)", metavar="S")
     batch_seconds: float = option(60.0, "padded audio per batch (default: %(default)s)", metavar="S")
+    sets: tuple[str, ...] | None = option(None, "comma-separated feature sets to write, of wav2vec2_frame, "
+                                                "wav2vec2_mean, wav2vec2_ft_last (default: all that the options "
+                                                "allow); without wav2vec2_frame, only the audio the others read is "
+                                                "encoded (wav2vec2_mean: the first --audio-mean-max-seconds)",
+                                          type=lambda text: tuple(x.strip() for x in text.split(",") if x.strip()),
+                                          metavar="SETS")
 
 
 @dataclass(frozen=True)
@@ -268,12 +275,22 @@ class AudioConfig:
     chunk_seconds: float = AudioOptions.chunk_seconds
     overlap_seconds: float = 2.0
     batch_seconds: float = AudioOptions.batch_seconds
+    sets: tuple[str, ...] | None = None  # None: every set the options allow
     batch_items: int = 16
     wave_seconds: float = 120.0          # decoded audio gathered before a round of batches
 
     def __post_init__(self) -> None:
         if self.mean_clip not in MEAN_CLIPS:
             raise ValueError(f"--audio-mean-clip {self.mean_clip!r}: choose before or after")
+        allowed = (FRAME, MEAN, FT_LAST) if self.finetuned else (FRAME, MEAN)
+        unknown = [name for name in self.sets or () if name not in allowed]
+        if unknown or self.sets == ():
+            raise ConfigurationError(f"--audio-sets {','.join(self.sets or ())!r}: choose from {', '.join(allowed)}"
+                                     + ("" if self.finetuned else " (wav2vec2_ft_last needs --audio-finetuned)"))
+
+    def feature_sets(self) -> tuple[str, ...]:
+        allowed = (FRAME, MEAN, FT_LAST) if self.finetuned else (FRAME, MEAN)
+        return tuple(name for name in allowed if self.sets is None or name in self.sets)
 
     def provenance(self) -> dict:
         return {**self.model.provenance(), "finetuned": _fingerprint(self.finetuned),
@@ -307,9 +324,9 @@ class AudioStage(Stage):
 
     def __init__(self, config: AudioConfig, device: str = "cpu", precision: str = "fp32"):
         self.config, self.device, self.precision = config, device, precision
+        self.feature_sets = config.feature_sets()
         self.ft_rule: InputRule | None = None
-        if config.finetuned:
-            self.feature_sets = (FRAME, MEAN, FT_LAST)
+        if config.finetuned and FT_LAST in self.feature_sets:
             self.ft_rule = resolve_input_rule(config.finetuned, config.ft_seconds)
         self._encoders: dict[str, AudioEncoder] = {}
         self._decoder: ThreadPoolExecutor | None = None
@@ -319,7 +336,7 @@ class AudioStage(Stage):
         config = AudioConfig(model=model_spec(context.profile, "audio", options.model), finetuned=options.finetuned,
                              mean_max_seconds=options.mean_max_seconds, mean_clip=options.mean_clip,
                              ft_seconds=options.ft_seconds, chunk_seconds=options.chunk_seconds,
-                             batch_seconds=options.batch_seconds)
+                             batch_seconds=options.batch_seconds, sets=options.sets)
         return cls(config, context.device, context.precision)
 
     def provenance(self) -> dict:
@@ -361,11 +378,16 @@ class AudioStage(Stage):
     def _encode_wave(self, wave: list[DecodedDialogue]) -> Iterator[DialogueResult]:
         items = [(d.dialogue.id, uid, a) for d in wave if d.waves for uid, a in d.waves.items() if len(a)]
         ids, waves = [uid for _, uid, _ in items], [a for _, _, a in items]
-        encoded = self._encoder("base").encode(waves)
-        frames, means = dict(zip(ids, encoded)), dict(zip(ids, self._means(waves, encoded)))
-        last = dict(zip(ids, self._fine_tuned_last(waves))) if self.config.finetuned else {}
+        frames, means = {}, {}
+        if FRAME in self.feature_sets:
+            encoded = self._encoder("base").encode(waves)
+            frames, means = dict(zip(ids, encoded)), dict(zip(ids, self._means(waves, encoded)))
+        elif MEAN in self.feature_sets:
+            means = dict(zip(ids, self._means_alone(waves)))
+        last = dict(zip(ids, self._fine_tuned_last(waves))) if FT_LAST in self.feature_sets else {}
+        by_set = {FRAME: frames, MEAN: means, FT_LAST: last}
         for decoded in wave:
-            yield self._result(decoded, frames, means, last)
+            yield self._result(decoded, {name: by_set[name] for name in self.feature_sets})
 
     def _fine_tuned_last(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         # The training rule: normalise the whole utterance, then pad/clip; the zeros are part of the input.
@@ -396,19 +418,27 @@ class AudioStage(Stage):
             means[i] = clipped.mean(axis=0)
         return means
 
-    def _result(self, decoded: DecodedDialogue, frames: dict, means: dict, last: dict) -> DialogueResult:
+    def _means_alone(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """wav2vec2_mean without wav2vec2_frame: with the authors' clipping only the first
+        ``mean_max_seconds`` of each utterance go through the model."""
+        limit = self.config.mean_max_seconds
+        if limit <= 0 or self.config.mean_clip == "after":   # frames of the whole utterance are needed
+            return self._means(waves, self._encoder("base").encode(waves))
+        n = int(limit * SAMPLE_RATE)
+        return [f.mean(axis=0) for f in self._encoder("base").encode([a[:n] for a in waves])]
+
+    def _result(self, decoded: DecodedDialogue, by_set: dict[str, dict]) -> DialogueResult:
+        """The dialogue's features, set -> utterance id -> array (every set holds the same utterances)."""
         dialogue = decoded.dialogue
         if decoded.error:
             return DialogueResult(dialogue.id, error=decoded.error)
         result = DialogueResult(dialogue.id, {name: {} for name in self.feature_sets})
         for utterance in dialogue.utterances:
-            if utterance.id not in frames:
+            if utterance.id not in by_set[self.feature_sets[0]]:   # no audio in its span
                 result.failures += [Failure(name, dialogue.id, utterance.id, NO_AUDIO) for name in self.feature_sets]
                 continue
-            result.features[FRAME][utterance.id] = frames[utterance.id]
-            result.features[MEAN][utterance.id] = means[utterance.id]
-            if self.config.finetuned:
-                result.features[FT_LAST][utterance.id] = last[utterance.id]
+            for name, values in by_set.items():
+                result.features[name][utterance.id] = values[utterance.id]
         return result
 
     def close(self) -> None:
