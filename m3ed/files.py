@@ -106,6 +106,34 @@ def atomic_path(path: str | Path, *, size_hint: int = 0) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_dir(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder to fill; on success it becomes ``path`` (files and parent fsynced).
+    An existing ``path`` is replaced, or with ``replace=False`` kept (another writer got there
+    first with the same content, e.g. a shared model cache); either way ours is gone after."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for item in tmp.rglob("*"):
+            if item.is_file():
+                fsync_path(item)
+        if path.exists():
+            if not replace:
+                return
+            shutil.rmtree(path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if replace or not path.exists():
+                raise   # with replace=False, a writer that got there first is fine
+        fsync_path(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically: readers never see half a file."""
     with atomic_path(path, size_hint=len(text.encode())) as tmp:

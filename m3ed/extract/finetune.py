@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import numpy as np
@@ -27,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..corpus import EMOTIONS, Corpus
-from ..files import fsync_path, temporary_name
+from ..files import atomic_dir
 from ..locate import MediaSource
 from ..profiles import get_profile
 from .audio import InputRule, decode_dialogue, normalise
@@ -225,10 +223,10 @@ class Trainer:
 
     def save(self, best: dict, history: list[dict]) -> None:
         """The checkpoint directory, replaced whole (written beside it, then renamed)."""
-        out = Path(self.config.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_name(out)   # named like every temporary of the package: writer pid and host
-        tmp.mkdir()
+        with atomic_dir(self.config.out) as tmp:
+            self._save_to(tmp, best, history)
+
+    def _save_to(self, tmp: Path, best: dict, history: list[dict]) -> None:
         self.model.encoder.save_pretrained(tmp)
         if self.config.modality == "text":
             save_tokenizer(self.processor, tmp)
@@ -242,12 +240,6 @@ class Trainer:
         if self.config.modality == "audio":
             record["input"] = asdict(input_rule(self.config))  # the extractor reads it: same input as training
         (tmp / "finetune.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        for path in tmp.iterdir():
-            fsync_path(path)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        fsync_path(out.parent)
 
 
 def _better(value: float, best: float) -> bool:

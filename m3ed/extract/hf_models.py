@@ -12,9 +12,6 @@ Random models are built once, saved with ``save_pretrained`` into ``cache_dir()/
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ import transformers
 from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, AutoTokenizer, BertConfig, BertModel,
                           BertTokenizer, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC)
 
+from ..files import atomic_dir
 from ..media import SAMPLE_RATE
 from ..device import autocast  # noqa: F401  (the text and audio stages' precision)
 from ..profiles import Profile, cache_dir, load_pretrained
@@ -111,19 +109,10 @@ def local_model_dir(profile: Profile, what: str) -> Path:
     target = cache_dir() / profile.name / what
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{what}.", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-    try:
+    with atomic_dir(target, replace=False) as tmp:   # a concurrent builder that won the race keeps its copy
         with torch.random.fork_rng():
             torch.manual_seed(profile.seed)
             BUILDERS[what](tmp, profile.tiny)
-        os.replace(tmp, target)  # atomic; a concurrent builder that won the race leaves ours behind
-    except OSError:
-        if not (target / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

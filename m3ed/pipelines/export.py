@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import pickle
 import pickletools
 import sys
@@ -38,6 +37,7 @@ import h5py
 import numpy as np
 
 from ..catalogue import letter_of
+from ..files import atomic_path
 from ..corpus import EMOTIONS
 from ..models.data import MODALITIES, MODALITY_NAMES, DialogueData, parse_features_map
 from ..store import FeatureReader, FeatureStore
@@ -71,12 +71,8 @@ def dump_portable(obj: Any, path: Path) -> None:
     _PortablePickler(buffer, protocol=4).dump(obj)
     data = buffer.getvalue()
     check_pickle_portable(data)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    with atomic_path(path, size_hint=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def check_pickle_portable(data: bytes) -> None:
@@ -204,8 +200,8 @@ def _export_mmin(features_dir: Path, features_map: Mapping[str, str], out: Path,
 def _copy_h5_dense(source: Path, destination: Path, ids: list[str]) -> int:
     """Copy a feature file, writing zeros ([D], or [1, D] for frame-level sets) for missing ids."""
     filled = 0
-    tmp = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-    with FeatureReader(source) as reader, h5py.File(source, "r") as raw, h5py.File(tmp, "w") as out:
+    with atomic_path(destination) as tmp, FeatureReader(source) as reader, h5py.File(source, "r") as raw, \
+            h5py.File(tmp, "w") as out:
         first = next(reader.keys(), None)
         frame_level = first is not None and reader[first].ndim == 2
         for utt_id in ids:
@@ -217,7 +213,6 @@ def _copy_h5_dense(source: Path, destination: Path, ids: list[str]) -> int:
         for key, value in raw.attrs.items():
             out.attrs[key] = value
         out.attrs["zero_filled"] = filled
-    tmp.replace(destination)
     return filled
 
 
