@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_visual.py
 	$(BIN)/python bench/bench_cut.py
 	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_long.py       # a 10-minute dialogue: memory against length
 	$(BIN)/python bench/bench_pipeline.py   # last: prints the end-to-end table
 
 clean:
