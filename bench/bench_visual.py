@@ -5,6 +5,8 @@
 
 Writes ``bench/results.json`` keys ``face_embed`` and ``fer``. Run with ``python bench/bench_visual.py``.
 Faces are real (the astronaut photo, shifted); batches are timed after one warm-up batch.
+``fer_stage_batch_per_s``: FER on one batch of the stage's size (256 faces, which the stage runs in
+pieces of ``CPU_PIECE`` on CPU; bench/bench_visual_parts.py times the stage's parts on the sample).
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ def main() -> None:
 
     embedder = FaceEmbedder(get_profile("paper-random"), "cpu", batch_size=args.batch)
     fer = FaceStage(FaceConfig(batch_size=args.batch))
+    stage_batch = FaceConfig().batch_size
+    stage_fer = FaceStage(FaceConfig())
     embed_input, fer_input = faces(args.batch, EMBED_SIZE, gray=False), faces(args.batch, 64, gray=True)
     rows = []
     # torch's default thread count, and one thread: on a busy machine, spinning threads can cost several times.
@@ -56,8 +60,10 @@ def main() -> None:
         torch.set_num_threads(threads)
         embed_fps = throughput(embedder.embed, embed_input, args.repeats)
         fer_fps = throughput(lambda b: fer._features({"u": list(b)}), fer_input, args.repeats)
-        rows.append({"threads": threads, "face_embed_per_s": round(embed_fps, 1), "fer_per_s": round(fer_fps, 1)})
-    print(table(rows, ["threads", "face_embed_per_s", "fer_per_s"]))
+        stage_fps = throughput(lambda b: stage_fer._features({"u": list(b)}), faces(stage_batch, 64, gray=True), 1)
+        rows.append({"threads": threads, "face_embed_per_s": round(embed_fps, 1), "fer_per_s": round(fer_fps, 1),
+                     "fer_stage_batch_per_s": round(stage_fps, 1)})
+    print(table(rows, ["threads", "face_embed_per_s", "fer_per_s", "fer_stage_batch_per_s"]))
     by_threads = {str(r["threads"]): r for r in rows}
     merge_results("face_embed", {**common, "model": "facenet-pytorch InceptionResnetV1", "input": "160x160x3",
                                  "faces_per_s": rows[0]["face_embed_per_s"], "threads": default_threads,
@@ -66,6 +72,9 @@ def main() -> None:
     merge_results("fer", {**common, "model": "DenseNet-BC-100 (768,044 parameters)", "input": "64x64x1",
                           "faces_per_s": rows[0]["fer_per_s"], "threads": default_threads,
                           "faces_per_s_by_threads": {t: r["fer_per_s"] for t, r in by_threads.items()},
+                          "stage_batch": stage_batch,
+                          "stage_batch_faces_per_s_by_threads": {t: r["fer_stage_batch_per_s"]
+                                                                 for t, r in by_threads.items()},
                           "peak_rss_mb": round(peak_rss_mb(), 1)})
 
 

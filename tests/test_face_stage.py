@@ -1,6 +1,7 @@
 """The visual stage on a real clip, with a speaker_faces file as the asd stage writes it."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+import torch
 
 from m3ed.asd.assign import COLUMNS
 from m3ed.corpus import Corpus, Dialogue, Utterance
@@ -192,3 +194,80 @@ def test_through_the_runner_into_published_files(context):
         assert means["clip_1_1"].shape == (342,)
     failed = {(f.feature_set, f.utterance_id) for f in context.store.read_failures()}
     assert (FRAME_SET, "clip_1_2") in failed and (MEAN_SET, "clip_1_4") in failed
+
+
+def astronaut_faces(n: int) -> list[np.ndarray]:
+    """``n`` real gray 64x64 faces: the astronaut's face, the box shifted a pixel at a time."""
+    picture = np.asarray(skimage.data.astronaut())
+    return [crop_face(picture, np.array([150 + i % 7, 20 + i // 7, 350 + i % 7, 220 + i // 7], np.float32))
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 5, 15, 16, 40, 47, 48, 50, 64, 100, 256, 300])
+def test_pieces_cover_the_batch_in_order_never_below_the_onednn_floor(n):
+    from m3ed.extract.face import CPU_PIECE, ONEDNN_MIN_BATCH, pieces
+
+    parts = pieces(n)
+    assert [i for part in parts for i in part] == list(range(n))
+    if n < CPU_PIECE + ONEDNN_MIN_BATCH:
+        assert parts == [range(0, n)]   # a small batch stays whole: the kernels PyTorch picks for it stay the same
+    else:
+        assert all(ONEDNN_MIN_BATCH <= len(p) < CPU_PIECE + ONEDNN_MIN_BATCH for p in parts)
+        assert len(parts) == n // CPU_PIECE + (n % CPU_PIECE >= ONEDNN_MIN_BATCH)
+        assert all(len(p) == CPU_PIECE for p in parts[:-1])
+
+
+def test_cpu_pieces_give_the_same_bits_as_one_whole_batch(stage):
+    """Pieces of 32 faces (and a last one of 18) run the kernels the whole batch of 50 runs: same bytes."""
+    crops = {"u1": astronaut_faces(20), "u2": astronaut_faces(30)[::-1]}
+    pieced = stage._features(crops)
+    config = stage.config
+    stage.config = dataclasses.replace(config, cpu_piece=256)   # one call for the whole batch, as before pieces
+    try:
+        whole = stage._features(crops)
+    finally:
+        stage.config = config
+    for utt_id in crops:
+        assert pieced[utt_id].shape == (len(crops[utt_id]), 342)
+        np.testing.assert_array_equal(pieced[utt_id], whole[utt_id])
+
+
+def test_in_place_relu_gives_the_same_bits(stage):
+    from torch import nn
+
+    from m3ed.models.densenet_fer import preprocess
+
+    x = torch.as_tensor(np.stack(astronaut_faces(16)))
+    relus = [m for m in stage.model.modules() if isinstance(m, nn.ReLU)]
+    assert relus and all(m.inplace for m in relus)
+    with torch.inference_mode():
+        fast = stage.model.forward_features(preprocess(x)).numpy()
+        for m in relus:
+            m.inplace = False
+        try:
+            plain = stage.model.forward_features(preprocess(x)).numpy()
+        finally:
+            for m in relus:
+                m.inplace = True
+    np.testing.assert_array_equal(fast, plain)
+
+
+def test_the_runs_thread_count_applies_to_the_stage_and_is_restored(context):
+    """--threads N: the models of every stage run with N torch threads; the caller's count comes back."""
+    from m3ed.config import ExtractConfig, RunOptions
+    from m3ed.pipelines.extract import run_extraction
+
+    before = torch.get_num_threads()
+    wanted = 3 if before != 3 else 2
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        context.store.remove_parts(FRAME_SET)
+        for name in (FRAME_SET, MEAN_SET):
+            context.store.feature_path(name).unlink(missing_ok=True)
+        run_extraction(context.corpus, context, ExtractConfig(run=RunOptions(stages=("visual",), progress=False,
+                                                                             threads=wanted)))
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {wanted}
+    assert torch.get_num_threads() == before

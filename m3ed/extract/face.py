@@ -19,7 +19,6 @@ use random weights from ``profile.seed`` (meaningless features, real cost).
 """
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..asd.assign import COLUMNS
+from ..catalogue import BOX, COLUMN
 from ..corpus import Dialogue
 from ..device import autocast
 from ..media import MediaError
@@ -39,6 +38,7 @@ from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register
 from ..profiles import Profile, fetch_checkpoint, unavailable
 from ..store import Failure, FeatureReader
 from ..timecode import DEFAULT_FPS
+from ..weights import sha256_of
 from .batching import split_on_oom
 
 FRAME_SET, MEAN_SET = "denseface_frame", "denseface_mean"
@@ -47,7 +47,16 @@ SPEAKER_FACES = "speaker_faces"
 #: FER+/AffectNet training faces show a little forehead and chin around them).
 DEFAULT_CROP_SCALE = 1.2
 CROPS = ("tight", "square")  # the authors' stretched detector box; our 1.2x square
-_FRAME, _TRACK, _BOX = COLUMNS.index("frame"), COLUMNS.index("track"), slice(2, 6)
+#: On CPU a batch runs through DenseNet in pieces of this many faces. Its activations are large
+#: (216 x 32 x 32 floats a face at the end of the first block, rewritten by every layer's concatenation,
+#: norm and ReLU): a few dozen faces stay in the caches, 256 spill to memory (measured 2-2.5x slower on
+#: one thread; bench/bench_visual_parts.py).
+CPU_PIECE = 32
+#: PyTorch runs a 1x1 convolution of fewer than 16 inputs on one thread with its own kernel instead of
+#: oneDNN's (``use_mkldnn`` in ATen's Convolution.cpp), whose last bits differ; oneDNN's result for a face
+#: does not depend on how many faces share its batch. Pieces are never smaller than this (unless the whole
+#: batch is), so every face goes through the same kernels as in the whole batch: bit-identical features.
+ONEDNN_MIN_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -61,18 +70,23 @@ class FaceConfig:
     crop: str = "tight"
     crop_scale: float = DEFAULT_CROP_SCALE  # square crops only
     batch_size: int = 256
+    cpu_piece: int = CPU_PIECE              # faces per DenseNet call on CPU (speed only: same bits)
 
     def __post_init__(self) -> None:
         if self.crop not in CROPS:
             raise ValueError(f"--fer-crop {self.crop!r}: choose tight (the authors') or square")
 
 
-def sha256_prefix(path: str | Path, n: int = 16) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:n]
+def pieces(n: int, size: int = CPU_PIECE, floor: int = ONEDNN_MIN_BATCH) -> list[range]:
+    """Consecutive pieces of ``n`` rows, ``size`` rows each; a remainder shorter than ``floor`` joins the
+    piece before it, and a batch shorter than ``size + floor`` stays whole (see :data:`ONEDNN_MIN_BATCH`)."""
+    size = max(size, floor)
+    if n < size + floor:
+        return [range(0, n)]
+    starts = list(range(0, n, size))
+    if n - starts[-1] < floor:
+        starts.pop()
+    return [range(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
 
 def resolve_checkpoint(profile: Profile, option: str | None) -> str | None:
@@ -168,7 +182,7 @@ class FaceStage(Stage):
         self.fps = fps
         self.speaker_faces_hash = speaker_faces_hash  # new speaker faces (asd re-run) mean new features
         self.model = build_model(config).to(self.device).eval()
-        self._checkpoint_sha = sha256_prefix(config.checkpoint) if config.checkpoint else None
+        self._checkpoint_sha = sha256_of(Path(config.checkpoint))[:16] if config.checkpoint else None
 
     @classmethod
     def from_config(cls, options: VisualOptions, context: RunContext) -> "FaceStage":
@@ -215,7 +229,7 @@ class FaceStage(Stage):
             if rows is None:
                 reason = "no speaker_faces entry for this utterance (the asd stage failed for it; see failures.jsonl)"
             else:
-                rows = rows[rows[:, _TRACK] >= 0]
+                rows = rows[rows[:, COLUMN["track"]] >= 0]
                 reason = f"no face of speaker {u.speaker} found in this utterance"
             if rows is None or len(rows) == 0:
                 result.failures += [Failure(s, dialogue.id, u.id, reason) for s in self.feature_sets]
@@ -233,8 +247,8 @@ class FaceStage(Stage):
         face; utterance id -> gray crops in frame order."""
         by_frame: dict[int, list[tuple[str, np.ndarray]]] = defaultdict(list)
         for utt_id, rows in wanted.items():
-            for row in rows[np.argsort(rows[:, _FRAME], kind="stable")]:
-                by_frame[int(row[_FRAME])].append((utt_id, row[_BOX]))
+            for row in rows[np.argsort(rows[:, COLUMN["frame"]], kind="stable")]:
+                by_frame[int(row[COLUMN["frame"]])].append((utt_id, row[BOX]))
         crops: dict[str, list[np.ndarray]] = defaultdict(list)
         span = context.media.locate(dialogue)
         index = 0
@@ -260,9 +274,12 @@ class FaceStage(Stage):
         out = np.zeros((len(faces), self.model.feature_dim), np.float32)
 
         def run(rows: list[int]) -> list[np.ndarray]:
-            x = preprocess(faces[rows[0]:rows[-1] + 1], self.config.mean, self.config.std)
+            x = preprocess(faces[rows[0]:rows[-1] + 1], self.config.mean, self.config.std).to(self.device)
+            # CPU: in cache-sized pieces, same bits (see CPU_PIECE); an accelerator takes the batch whole.
+            parts = pieces(len(rows), self.config.cpu_piece) if self.device.type == "cpu" else [range(len(rows))]
             with autocast(self.device, self.precision):
-                return list(self.model.forward_features(x.to(self.device)).float().cpu().numpy())
+                return [row for part in parts
+                        for row in self.model.forward_features(x[part.start:part.stop]).float().cpu().numpy()]
 
         for first in range(0, len(faces), self.config.batch_size):
             rows = list(range(first, min(first + self.config.batch_size, len(faces))))
