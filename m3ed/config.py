@@ -105,9 +105,10 @@ class RunOptions:
     device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda when available)", flag="--device")
     precision: str = option("fp32", "autocast precision on CUDA (default: %(default)s)", flag="--precision",
                             choices=PRECISIONS)
-    threads: int | None = option(None, "torch threads of every stage's models (default: the cores not busy when "
-                                       "the run starts, at least 1; recorded in run.json). MTCNN always uses one",
-                                 flag="--threads", metavar="N")
+    threads: int | None = option(None, "torch threads of every stage's models (default: torch's, i.e. "
+                                       "OMP_NUM_THREADS or all cores; recorded in run.json). On a machine shared "
+                                       "with other work, fewer threads than cores run faster (README, Benchmarks). "
+                                       "MTCNN always uses one", flag="--threads", metavar="N")
     cut_workers: int = option(2, "parallel ffmpeg processes for the cut stage (default: %(default)s)",
                               flag="--cut-workers", metavar="N")
     keep_parts: bool = option(False, "keep per-dialogue part files after publishing", flag="--keep-parts")

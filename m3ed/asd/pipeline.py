@@ -52,6 +52,7 @@ FPS = 25.0              # the ASD models' video rate (4 MFCC frames per video fr
 CHUNK_FRAMES = 64       # frames decoded at a time (memory bound)
 CACHE_MB = 512          # decoded frames held until their shot is tracked (~185 frames of 720p, 740 of 360p)
 TRACKS_DIR = "asd"      # OUT/asd/{dialogue}.json
+EMBED_FRAMES = ("track", "utterances")   # AsdConfig.embed_frames
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,15 @@ class AsdConfig:
     tracking: TrackingParams = TrackingParams()
     scoring: ScoreParams = ScoreParams()
     assign: AssignParams = AssignParams()
-    embed_every: int = 5   # embed every 5th frame of a track (5 per second); assignment fills the rest
+    embed_every: int = 25  # embed every 25th frame of a track (1 per second); assignment fills the rest
     embedder: str = "auto"             # see m3ed.asd.embed.EMBEDDERS
     embedder_checkpoint: str | None = None
     fps: float = FPS
     cache_mb: int = CACHE_MB           # decoded frames held for cropping (memory bound; not an output setting)
+    #: "track": embed every ``embed_every``-th frame of every track; "utterances": only those of them
+    #: that assignment reads, the nearest embedded position of some track frame inside an utterance
+    #: (the same positions are read, so only the batches, and with them the rounding, change)
+    embed_frames: str = "utterances"
 
     def __post_init__(self):
         if self.detection.every > self.tracking.max_gap:
@@ -77,6 +82,8 @@ class AsdConfig:
                              f"{self.tracking.max_gap} frames; use a value <= {self.tracking.max_gap}")
         if self.embed_every < 1:
             raise ValueError(f"embed_every={self.embed_every}: must be >= 1")
+        if self.embed_frames not in EMBED_FRAMES:
+            raise ValueError(f"embed_frames={self.embed_frames!r}: choose one of {', '.join(EMBED_FRAMES)}")
 
 
 @dataclass
@@ -134,7 +141,8 @@ class AsdPipeline:
         with autocast(self.device, self.precision):
             faces.scores, faces.demo_scores = self.score(faces.tracks, crops, audio,
                                                          self.needed_frames(dialogue, faces.tracks))
-            embeddings = self.embed(faces.tracks, crops)
+            read = self.utterance_rows(dialogue, faces.tracks) if self.config.embed_frames == "utterances" else None
+            embeddings = self.embed(faces.tracks, crops, read)
         speaker_faces = assign_speakers(dialogue, faces.tracks, faces.scores, embeddings, self.config.fps,
                                         self.config.assign, stage1_scores=faces.demo_scores)
         return faces, speaker_faces
@@ -207,6 +215,10 @@ class AsdPipeline:
         """Per track, the frames whose scores assignment reads (inside an utterance); None: all."""
         if self.config.scoring.frames == "all":
             return None
+        return self.utterance_rows(dialogue, tracks)
+
+    def utterance_rows(self, dialogue: Dialogue, tracks: list[Track]) -> list[np.ndarray]:
+        """Per track, a boolean mask of its frames inside some utterance (all that assignment reads)."""
         frames = np.zeros(max((t.last + 1 for t in tracks), default=0), bool)
         for u in dialogue.utterances:
             inside = utterance_frames(u, self.config.fps)
@@ -234,16 +246,27 @@ class AsdPipeline:
             return [], []
         return track_scores(self.scorer, dialogue_mfcc(audio), tracks, crops.asd, self.config.scoring, needed)
 
-    def embed(self, tracks: list[Track], crops: TrackCrops) -> list[np.ndarray]:
-        """Per track ``[len, dim]``: embeddings at the embedded positions, NaN elsewhere."""
+    def embed(self, tracks: list[Track], crops: TrackCrops, read: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Per track ``[len, dim]``: embeddings at the embedded positions, NaN elsewhere.
+
+        ``read``: per track a boolean mask of the rows assignment reads; then only the embedded
+        positions nearest to those rows are embedded (:func:`read_positions`), which are the
+        rows assignment's nearest-row fill takes for them."""
         out = [np.full((len(t), self.embedder.dim), np.nan, np.float32) for t in tracks]
         if not tracks:
             return out
-        vectors = self.embedder.embed(np.concatenate(crops.faces))
+        if read is None:
+            chosen = [np.arange(len(p)) for p in crops.face_positions]
+        else:
+            chosen = [read_positions(p, mask) for p, mask in zip(crops.face_positions, read)]
+        faces = [f[c] for f, c in zip(crops.faces, chosen)]
+        if not sum(len(f) for f in faces):
+            return out
+        vectors = self.embedder.embed(np.concatenate(faces))
         offset = 0
-        for rows, positions in zip(out, crops.face_positions):
-            rows[positions] = vectors[offset:offset + len(positions)]
-            offset += len(positions)
+        for rows, positions, c in zip(out, crops.face_positions, chosen):
+            rows[positions[c]] = vectors[offset:offset + len(c)]
+            offset += len(c)
         return out
 
     def close(self) -> None:
@@ -265,6 +288,11 @@ class AsdOptions:
     detect_height: int = option(DetectionParams.height, "frame height for face detection (0: native); boxes are in "
                                                         "native pixels (default: %(default)s)", flag="--detect-height",
                                 metavar="H")
+    detect_min_face: int = option(DetectionParams.min_face_size, "smallest face MTCNN looks for, pixels at the "
+                                  "detection height (default: %(default)s)", flag="--detect-min-face", metavar="PX")
+    detect_scale_factor: float = option(DetectionParams.scale_factor, "MTCNN's image-pyramid step (default: "
+                                        "%(default)s, MTCNN's own; 0.5 detects in about half the time)",
+                                        flag="--detect-scale-factor", metavar="F")
     mode: str = option(ScoreParams.mode, "single: one pass per track; multi: the reference's average over 1-6 s "
                                          "chunks (6x cost)", choices=("single", "multi"))
     frames: str = option(ScoreParams.frames, "score the track frames inside utterances (what assignment reads; single "
@@ -273,6 +301,12 @@ class AsdOptions:
     embed_every: int = option(AsdConfig.embed_every, "embed every K-th frame of each face track for speaker matching "
                                                      "(the authors: 1; default: %(default)s)", flag="--embed-every",
                               metavar="K")
+    embed_frames: str = option(AsdConfig.embed_frames, "utterances: embed only the positions assignment reads (track "
+                               "frames inside utterances); track: every K-th frame of every track (default: "
+                               "%(default)s)", flag="--embed-frames", choices=EMBED_FRAMES)
+    fused: bool = option(ScoreParams.fused, "score Light-ASD with its convolutions and batch norms as trained, "
+                                            "not folded (2.4x slower on CPU; scores equal up to rounding)",
+                         flag="--asd-unfused")
     face_embedder: str = option(AsdConfig.embedder, "identity embeddings for stage 2: senet50-vggface2 (the authors'), "
                                                     "inception-resnet-v1 (facenet-pytorch), auto: SENet-50 when its "
                                                     "weights are there, else InceptionResnetV1", flag="--face-embedder",
@@ -285,6 +319,20 @@ class AsdOptions:
                                                    "one; SENet-50 input with their uint8 cast); strict: ours, decide "
                                                    "only on ASD probability >= 0.9 or a clear embedding match, else "
                                                    "leave the frame undecided", flag="--assign-rules", choices=RULES)
+
+
+def read_positions(positions: np.ndarray, read: np.ndarray) -> np.ndarray:
+    """Indices into ``positions`` (a track's embedded rows, ascending) of the nearest embedded row
+    of every row in ``read`` (boolean mask over the track's rows), nearest as
+    :func:`m3ed.asd.assign._fill_embeddings` picks it (ties to the earlier row). A subset that keeps
+    these gives every read row the same nearest row as the full set."""
+    rows = np.flatnonzero(np.asarray(read, bool))
+    if len(positions) == 0 or len(rows) == 0:
+        return np.zeros(0, np.int64)
+    pos = np.clip(np.searchsorted(positions, rows), 0, len(positions) - 1)
+    before = np.clip(pos - 1, 0, len(positions) - 1)
+    nearest = np.where(np.abs(rows - positions[before]) <= np.abs(positions[pos] - rows), before, pos)
+    return np.unique(nearest)
 
 
 @register_stage
@@ -309,9 +357,11 @@ class AsdStage(Stage):
         config = AsdConfig(
             model=options.model or context.profile.asd_model,
             checkpoint=options.checkpoint or context.profile.asd_checkpoint,
-            detection=DetectionParams(every=options.detect_every, height=options.detect_height or None),
-            scoring=ScoreParams(mode=options.mode, frames=options.frames),
+            detection=DetectionParams(every=options.detect_every, height=options.detect_height or None,
+                                      min_face_size=options.detect_min_face, scale_factor=options.detect_scale_factor),
+            scoring=ScoreParams(mode=options.mode, frames=options.frames, fused=options.fused),
             embed_every=options.embed_every,
+            embed_frames=options.embed_frames,
             embedder=options.face_embedder,
             embedder_checkpoint=options.face_embedder_checkpoint,
             assign=AssignParams(rules=options.assign_rules),
@@ -327,7 +377,8 @@ class AsdStage(Stage):
                 **checkpoint_provenance(self.profile, c.model, c.checkpoint),
                 **self.embedder_provenance,
                 "detection": asdict(c.detection), "shots": asdict(c.shots), "tracking": asdict(c.tracking),
-                "scoring": asdict(c.scoring), "assign": asdict(c.assign), "embed_every": c.embed_every, "fps": c.fps,
+                "scoring": asdict(c.scoring), "assign": asdict(c.assign), "embed_every": c.embed_every,
+                "embed_frames": c.embed_frames, "fps": c.fps,
                 **({"precision": self.precision} if self.precision != "fp32" else {})}
 
     def attrs(self, feature_set: str) -> dict:

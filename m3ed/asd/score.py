@@ -30,6 +30,10 @@ its grid (aligned on the track start, as the reference) that hold a needed frame
 needed frames are exactly those of scoring everything. ``single`` scores each run of needed
 frames widened by ``context_frames`` on both sides (within the track) in one pass. Frames not
 scored are NaN.
+
+``fused`` (on by default): Light-ASD runs :meth:`m3ed.models.light_asd.LightASD.fused_logits`,
+batch norms folded into the visual convolutions and every one of them run by oneDNN in the
+channels-last layout: about 2.4x faster on one CPU thread, logits equal up to rounding (~1e-5).
 """
 from __future__ import annotations
 
@@ -66,6 +70,7 @@ class ScoreParams:
     batch_frames: int = 250         # most video frames per forward pass (all chunks of a batch are equally long)
     frames: str = "utterances"      # "utterances": the track frames inside an utterance (+ context); "all"
     context_frames: int = 25        # single mode: frames scored around each needed run (1 s)
+    fused: bool = True              # Light-ASD: folded batch norms, oneDNN convolutions (2.4x faster; rounding differs)
 
     def __post_init__(self):
         if self.mode not in ("single", "multi"):
@@ -164,7 +169,8 @@ def track_scores(model: AudioVisualASD, features: torch.Tensor, tracks: Sequence
                 audio = torch.stack([features[per * (tracks[i].first + o):per * (tracks[i].first + o + length)]
                                      for i, o in batch])
                 video = torch.from_numpy(np.stack([crops[i][o:o + length] for i, o in batch])).float()
-                logits = model.logits(audio, video).float().cpu().numpy()
+                forward = model.fused_logits if params.fused and hasattr(model, "fused_logits") else model.logits
+                logits = forward(audio, video).float().cpu().numpy()
                 for (i, o), row in zip(batch, logits):
                     sums[i][o:o + len(row)] += row[:, 1] - row[:, 0]
                     speaking[i][o:o + len(row)] += row[:, 1]

@@ -132,8 +132,10 @@ def _fold(conv: nn.Conv3d, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tens
 def _conv_bn_relu(conv: nn.Conv3d, bn: nn.BatchNorm3d, x: torch.Tensor) -> torch.Tensor:
     weight, bias = _fold(conv, bn)
     if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
-        y = torch.ops.aten.mkldnn_convolution(x.contiguous(), weight, bias, list(conv.padding), list(conv.stride),
-                                              list(conv.dilation), conv.groups)
+        cl = torch.channels_last_3d   # oneDNN's fast layout; the max pools are faster on it too
+        y = torch.ops.aten.mkldnn_convolution(x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl),
+                                              bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+                                              conv.groups)
     else:
         y = F.conv3d(x, weight.to(x.dtype), bias.to(x.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
     return torch.relu_(y)
@@ -194,7 +196,8 @@ class LightASD(AudioVisualASD):
         """:meth:`logits` computed faster for inference: each visual batch norm folded into its
         convolution and every visual convolution run by oneDNN on CPU (PyTorch otherwise sends
         the temporal and 1x1x1 convolutions of a small batch on one thread to its slow im2col
-        path). Same function; floating-point rounding differs (about 1e-5 on the logits)."""
+        path), in the channels-last layout. Same function; floating-point rounding differs (about
+        1e-5 on the logits)."""
         mfcc, video = self._prepare(mfcc, video)
         audio = self.forward_audio_frontend(mfcc)
         visual = self._fused_visual_frontend(video)

@@ -18,12 +18,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
+import torch
 from tqdm import tqdm
 
 from .. import __version__
 from ..config import ExtractConfig, load_corpus, media_source
 from ..corpus import Corpus
-from ..device import default_device, default_threads, torch_threads
+from ..device import default_device, torch_threads
 from ..errors import ConfigurationError
 from ..files import DiskFull, atomic_write_text, sweep_temporaries
 from ..locate import MediaSource
@@ -245,7 +246,7 @@ def resolve(config: ExtractConfig) -> ExtractConfig:
         raise ConfigurationError(f"--stages: unknown {unknown}; choose from {', '.join(order)}")
     run = dataclasses.replace(config.run, stages=tuple(s for s in order if s in stages),  # asd before visual
                               device=config.run.device or default_device(),
-                              threads=config.run.threads or default_threads())
+                              threads=config.run.threads or torch.get_num_threads())
     return dataclasses.replace(config, run=run)
 
 
