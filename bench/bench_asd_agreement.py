@@ -260,7 +260,7 @@ def _row(source: str, schedule, entry: dict, reference: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--schedules", default="1x240,3x240,5x240,5x0",
+    parser.add_argument("--schedules", default="3x240,5x240,5x0,5x240:fused:emb25:embu,5x240:f0.5:fused:emb25:embu",
                         help="comma-separated KxH (every K-th frame at H px, 0 native); the reference 1x0 is always run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reference-cache", type=Path, default=None,

@@ -35,19 +35,22 @@ def write_manifest(path: Path, minutes: float) -> tuple[float, int]:
     source = REPO / "samples" / "videos" / f"{main.show}{main.episode:02d}.mp4"
     loop, seconds = probe(source).duration, minutes * 60
     episode = long_episode(path.parent / "longshow01.mp4", seconds=seconds, height=probe(source).height)
+    end = seconds - 10.0   # a looped episode's audio ends seconds before its picture
     rows = []
     for k in range(max(1, int(seconds // loop))):
         for u in main.utterances:
             start = k * loop + main.start + u.start
+            if start + u.duration > end:
+                continue
             rows.append({"dialogue_id": "longshow_1", "utterance_id": f"longshow_1_{len(rows) + 1}",
                          "speaker": u.speaker, "start": f"{start:.3f}", "end": f"{start + u.duration:.3f}",
                          "text": u.text, "emotion": "neutral", "video": episode.name,
-                         "video_start": "0", "video_end": f"{seconds:.3f}"})
+                         "video_start": "0", "video_end": f"{end:.3f}"})
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return seconds, len(rows)
+    return end, len(rows)
 
 
 def main() -> None:

@@ -32,7 +32,8 @@ def long_episode(path: Path, seconds: float = 60.0, height: int = 720) -> Path:
         return path
     source = max(SAMPLE_VIDEOS.glob("*.mp4"), key=lambda p: p.stat().st_size)
     subprocess.run([ffmpeg_exe(), "-y", "-v", "error", "-stream_loop", "-1", "-i", str(source), "-t", str(seconds),
-                    "-vf", f"scale=-2:{height}", "-af", "apad", "-c:v", "libx264", "-preset", "veryfast", "-g", "250",
+                    "-vf", f"scale=-2:{height}", "-af", "aresample=async=1,apad",   # no gaps where the loop joins
+                    "-c:v", "libx264", "-preset", "veryfast", "-g", "250",
                     "-c:a", "aac", str(path)], check=True)
     return path
 

@@ -42,7 +42,7 @@ from typing import Literal, Protocol, Sequence
 import numpy as np
 
 from ..corpus import Dialogue, Utterance
-from ..catalogue import SPEAKER_FACE_COLUMNS
+from ..catalogue import BOX, COLUMN, SPEAKER_FACE_COLUMNS
 
 COLUMNS: tuple[str, ...] = SPEAKER_FACE_COLUMNS   # named once, in the feature-set catalogue
 RULES = ("authors", "strict")
@@ -162,7 +162,7 @@ def assign_speakers(dialogue: Dialogue, tracks: Sequence[TrackLike], scores: Seq
     result: dict[str, np.ndarray] = {}
     for u in dialogue.utterances:
         rows = np.full((len(frames[u.id]), len(COLUMNS)), np.nan, np.float32)
-        rows[:, 0], rows[:, 1], rows[:, 7] = frames[u.id], -1, Rule.NONE
+        rows[:, COLUMN["frame"]], rows[:, COLUMN["track"]], rows[:, COLUMN["stage"]] = frames[u.id], -1, Rule.NONE
         for i, frame in enumerate(frames[u.id]):
             face, rule, sim = decide(u, int(frame))
             if face is not None:
@@ -381,8 +381,8 @@ def _authors_bank(faces: dict[int, _Face], filled: list[np.ndarray]) -> np.ndarr
 
 def _fill_row(row: np.ndarray, tracks: Sequence[TrackLike], probs: list[np.ndarray], face: _Face,
               stage: int, similarity: float) -> None:
-    row[1] = tracks[face.t].track_id
-    row[2:6] = np.asarray(tracks[face.t].boxes[face.j], np.float32)
-    row[6] = probs[face.t][face.j]
-    row[7] = stage
-    row[8] = similarity if math.isfinite(similarity) else math.nan
+    row[COLUMN["track"]] = tracks[face.t].track_id
+    row[BOX] = np.asarray(tracks[face.t].boxes[face.j], np.float32)
+    row[COLUMN["asd_prob"]] = probs[face.t][face.j]
+    row[COLUMN["stage"]] = stage
+    row[COLUMN["similarity"]] = similarity if math.isfinite(similarity) else math.nan

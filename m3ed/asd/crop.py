@@ -20,7 +20,7 @@ area interpolation), RGB uint8.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -163,14 +163,3 @@ def embed_positions(length: int, every: int) -> np.ndarray:
     if length and positions[-1] != length - 1:
         positions = np.append(positions, length - 1)
     return positions.astype(np.int64)
-
-
-def crop_tracks(tracks: Sequence[Track], chunks: Iterable[np.ndarray], embed_every: int = 5) -> TrackCrops:
-    """Run :class:`TrackCrops` over a stream of frame chunks (the second pass over a dialogue)."""
-    crops = TrackCrops(tracks, embed_every)
-    for chunk in chunks:
-        crops.add_chunk(chunk)
-        if crops._next > max((t.last for t in tracks), default=-1):
-            break
-    crops.check_complete()
-    return crops

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..media import SAMPLE_RATE
+
 __all__ = ["INT16_SCALE", "audio_for_asd", "mfcc"]
 
 #: Full scale of 16-bit PCM: float samples in [-1, 1) times this are int16 values.
@@ -51,7 +53,7 @@ def audio_for_asd(samples: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def mfcc(
     samples: torch.Tensor | np.ndarray,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     *,
     numcep: int = 13,
     winlen: float = 0.025,

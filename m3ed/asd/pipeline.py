@@ -41,14 +41,14 @@ from .assign import COLUMNS, RULE_NAMES, RULES, AssignParams, assign_speakers, u
 from .crop import TrackCrops
 from .detect import DetectionParams, Detections, FaceDetector
 from .embed import EMBEDDERS, FaceEmbedder
-from .score import ASD_MODELS, ScoreParams, build_scorer, checkpoint_provenance, dialogue_mfcc, track_scores
+from .score import (ASD_MODELS, VIDEO_FPS, ScoreParams, build_scorer, checkpoint_provenance, dialogue_mfcc,
+                    track_scores)
 from .shots import ShotDetector, ShotParams
 from .track import Track, TrackingParams, number_tracks, track_shots
 
 log = logging.getLogger(__name__)
 
 FEATURE_SET = "speaker_faces"
-FPS = 25.0              # the ASD models' video rate (4 MFCC frames per video frame)
 CHUNK_FRAMES = 64       # frames decoded at a time (memory bound)
 CACHE_MB = 512          # decoded frames held until their shot is tracked (~185 frames of 720p, 740 of 360p)
 TRACKS_DIR = "asd"      # OUT/asd/{dialogue}.json
@@ -69,7 +69,7 @@ class AsdConfig:
     embed_every: int = 25  # embed every 25th frame of a track (1 per second); assignment fills the rest
     embedder: str = "auto"             # see m3ed.asd.embed.EMBEDDERS
     embedder_checkpoint: str | None = None
-    fps: float = FPS
+    fps: float = VIDEO_FPS
     cache_mb: int = CACHE_MB           # decoded frames held for cropping (memory bound; not an output setting)
     #: "track": embed every ``embed_every``-th frame of every track; "utterances": only those of them
     #: that assignment reads, the nearest embedded position of some track frame inside an utterance
@@ -100,7 +100,7 @@ class DialogueFaces:
 
     def to_json(self) -> str:
         return json.dumps({
-            "dialogue_id": self.dialogue_id, "fps": FPS, "frame_count": self.frame_count,
+            "dialogue_id": self.dialogue_id, "fps": VIDEO_FPS, "frame_count": self.frame_count,
             "frame_height": self.frame_size[0], "frame_width": self.frame_size[1],
             "shots": self.shots.tolist(),
             "tracks": [{**t.to_dict(), "asd_prob": [None if np.isnan(p) else round(float(p), 4) for p in s]}
@@ -367,7 +367,7 @@ class AsdStage(Stage):
             assign=AssignParams(rules=options.assign_rules),
             fps=context.media.timing.fps,
         )
-        if config.fps != FPS:
+        if config.fps != VIDEO_FPS:
             raise ValueError(f"the ASD models need 25 fps video (4 MFCC frames per frame); --fps is {config.fps}")
         return cls(config, context.profile, context.device, context.store.root, precision=context.precision)
 

@@ -44,21 +44,20 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..media import SAMPLE_RATE
 from ..models.talknet import MFCC_FRAMES_PER_VIDEO_FRAME, AudioVisualASD
 from ..profiles import Profile, fetch_checkpoint
 from ..weights import LIGHT_ASD_FILE, LIGHT_ASD_SHA256, light_asd_checkpoint, sha256_of
 from .mfcc import audio_for_asd, mfcc
 from .track import Track
 
-VIDEO_FPS = 25
-MFCC_RATE = 100
+VIDEO_FPS = 25.0   # the ASD models' video rate: 4 MFCC frames (100 per second) per video frame
 MULTI_DURATIONS = (1, 2, 3, 4, 5, 6)   # seconds; the demo's durationSet as Python evaluates it
 
 ASD_MODELS = ("talknet", "light-asd")
 #: TalkNet's TalkSet-trained checkpoint: the demo downloads it from this Google Drive file
 #: (id 1AbN9fCf9IexMxEKXLQY2KYBlb-IhSEea, saved as ``pretrain_TalkSet.model``).
 TALKNET_CHECKPOINT_URL = "https://drive.google.com/uc?export=download&id=1AbN9fCf9IexMxEKXLQY2KYBlb-IhSEea"
-TALKNET_CHECKPOINT_NAME = "pretrain_TalkSet.model"
 #: Light-ASD's TalkSet fine-tuned checkpoint, ``weight/finetuning_TalkSet.model`` of its repository (MIT).
 LIGHT_ASD_CHECKPOINT_URL = "https://raw.githubusercontent.com/Junhua-Liao/Light-ASD/main/weight/finetuning_TalkSet.model"
 CHECKPOINT_URLS = {"talknet": TALKNET_CHECKPOINT_URL, "light-asd": LIGHT_ASD_CHECKPOINT_URL}
@@ -135,9 +134,9 @@ def checkpoint_provenance(profile: Profile, model: str | None = None, checkpoint
     return {"asd_checkpoint": source, "asd_checkpoint_sha256": sha256_of(path) if path else None}
 
 
-def dialogue_mfcc(audio: np.ndarray, sample_rate: int = 16000) -> torch.Tensor:
+def dialogue_mfcc(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """``[F,13]`` MFCC of a dialogue's float audio (read as int16 values, like the reference's wav)."""
-    if sample_rate != 16000:
+    if sample_rate != SAMPLE_RATE:
         raise ValueError(f"ASD audio must be 16 kHz, got {sample_rate} Hz")
     return mfcc(audio_for_asd(np.asarray(audio, np.float32)), sample_rate)
 
@@ -190,7 +189,7 @@ def score_pieces(tracks: Sequence[Track], audio_frames: int, params: ScoreParams
         if params.mode == "multi":
             # the reference's grid from the track start; a chunk is computed when it holds a needed frame
             for duration in MULTI_DURATIONS:
-                step = duration * VIDEO_FPS
+                step = int(duration * VIDEO_FPS)
                 for offset in range(0, covered, step):
                     if mask[offset:offset + step].any():
                         pieces[min(step, covered - offset)].append((i, offset))

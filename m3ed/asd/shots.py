@@ -93,8 +93,3 @@ def detect_shots(frames: np.ndarray, params: ShotParams = ShotParams()) -> np.nd
     detector = ShotDetector(params)
     detector.update(frames)
     return detector.boundaries()
-
-
-def shot_index(boundaries: np.ndarray, frames: np.ndarray | int) -> np.ndarray:
-    """Which shot each frame index belongs to."""
-    return np.searchsorted(boundaries, frames, side="right") - 1
