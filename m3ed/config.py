@@ -171,7 +171,8 @@ class ExtractConfig:
         return from_dict(cls, data)
 
 
-STAGE_SECTIONS = ("text", "audio", "asd", "visual")
+# The stages' sections, named like the stages: every section but the run's own.
+STAGE_SECTIONS = tuple(f.name for f in dataclasses.fields(ExtractConfig) if f.name not in ("corpus", "media", "run"))
 
 
 def load_corpus(options: CorpusOptions, *, log_problems: bool = True) -> Corpus:

@@ -41,8 +41,8 @@ from .assign import COLUMNS, RULE_NAMES, RULES, AssignParams, assign_speakers, u
 from .crop import TrackCrops
 from .detect import DetectionParams, Detections, FaceDetector
 from .embed import EMBEDDERS, FaceEmbedder
-from .score import (ASD_MODELS, VIDEO_FPS, ScoreParams, build_scorer, checkpoint_provenance, dialogue_mfcc,
-                    track_scores)
+from .score import (ASD_MODELS, SCORE_FRAMES, SCORE_MODES, VIDEO_FPS, ScoreParams, build_scorer,
+                    checkpoint_provenance, dialogue_mfcc, track_scores)
 from .shots import ShotDetector, ShotParams
 from .track import Track, TrackingParams, number_tracks, track_shots
 
@@ -138,11 +138,11 @@ class AsdPipeline:
         span = media.locate(dialogue)
         audio = media.audio(span)
         faces, crops = self.find_faces(dialogue.id, lambda: media.frames(span, fps=self.config.fps, chunk=CHUNK_FRAMES))
+        inside = self.utterance_rows(dialogue, faces.tracks)   # what assignment reads: scored and embedded
         with autocast(self.device, self.precision):
-            faces.scores, faces.demo_scores = self.score(faces.tracks, crops, audio,
-                                                         self.needed_frames(dialogue, faces.tracks))
-            read = self.utterance_rows(dialogue, faces.tracks) if self.config.embed_frames == "utterances" else None
-            embeddings = self.embed(faces.tracks, crops, read)
+            needed = None if self.config.scoring.frames == "all" else inside   # as needed_frames
+            faces.scores, faces.demo_scores = self.score(faces.tracks, crops, audio, needed)
+            embeddings = self.embed(faces.tracks, crops, inside if self.config.embed_frames == "utterances" else None)
         speaker_faces = assign_speakers(dialogue, faces.tracks, faces.scores, embeddings, self.config.fps,
                                         self.config.assign, stage1_scores=faces.demo_scores)
         return faces, speaker_faces
@@ -294,10 +294,10 @@ class AsdOptions:
                                         "%(default)s, MTCNN's own; 0.5 detects in about half the time)",
                                         flag="--detect-scale-factor", metavar="F")
     mode: str = option(ScoreParams.mode, "single: one pass per track; multi: the reference's average over 1-6 s "
-                                         "chunks (6x cost)", choices=("single", "multi"))
+                                         "chunks (6x cost)", choices=SCORE_MODES)
     frames: str = option(ScoreParams.frames, "score the track frames inside utterances (what assignment reads; single "
                                              f"mode adds {ScoreParams.context_frames} frames of context around them), "
-                                             "or all track frames", choices=("utterances", "all"))
+                                             "or all track frames", choices=SCORE_FRAMES)
     embed_every: int = option(AsdConfig.embed_every, "embed every K-th frame of each face track for speaker matching "
                                                      "(the authors: 1; default: %(default)s)", flag="--embed-every",
                               metavar="K")

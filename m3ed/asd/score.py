@@ -55,6 +55,8 @@ VIDEO_FPS = 25.0   # the ASD models' video rate: 4 MFCC frames (100 per second) 
 MULTI_DURATIONS = (1, 2, 3, 4, 5, 6)   # seconds; the demo's durationSet as Python evaluates it
 
 ASD_MODELS = ("talknet", "light-asd")
+SCORE_MODES = ("single", "multi")       # ScoreParams.mode
+SCORE_FRAMES = ("utterances", "all")    # ScoreParams.frames
 #: TalkNet's TalkSet-trained checkpoint: the demo downloads it from this Google Drive file
 #: (id 1AbN9fCf9IexMxEKXLQY2KYBlb-IhSEea, saved as ``pretrain_TalkSet.model``).
 TALKNET_CHECKPOINT_URL = "https://drive.google.com/uc?export=download&id=1AbN9fCf9IexMxEKXLQY2KYBlb-IhSEea"
@@ -72,9 +74,9 @@ class ScoreParams:
     fused: bool = True              # Light-ASD: folded batch norms, oneDNN convolutions (2.4x faster; rounding differs)
 
     def __post_init__(self):
-        if self.mode not in ("single", "multi"):
+        if self.mode not in SCORE_MODES:
             raise ValueError(f"ASD mode {self.mode!r}: choose 'single' or 'multi'")
-        if self.frames not in ("utterances", "all"):
+        if self.frames not in SCORE_FRAMES:
             raise ValueError(f"ASD frames {self.frames!r}: choose 'utterances' or 'all'")
         if self.batch_frames < 1 or self.context_frames < 0:
             raise ValueError(f"batch_frames={self.batch_frames}, context_frames={self.context_frames}: "
@@ -160,6 +162,7 @@ def track_scores(model: AudioVisualASD, features: torch.Tensor, tracks: Sequence
     speaking = [np.zeros(len(t), np.float64) for t in tracks]
     counts = [np.zeros(len(t), np.int64) for t in tracks]
     pieces = score_pieces(tracks, features.shape[0] // per, params, needed)
+    forward = model.fused_logits if params.fused and hasattr(model, "fused_logits") else model.logits
     with torch.inference_mode():
         for length, members in sorted(pieces.items()):
             per_batch = max(1, params.batch_frames // length)
@@ -168,7 +171,6 @@ def track_scores(model: AudioVisualASD, features: torch.Tensor, tracks: Sequence
                 audio = torch.stack([features[per * (tracks[i].first + o):per * (tracks[i].first + o + length)]
                                      for i, o in batch])
                 video = torch.from_numpy(np.stack([crops[i][o:o + length] for i, o in batch])).float()
-                forward = model.fused_logits if params.fused and hasattr(model, "fused_logits") else model.logits
                 logits = forward(audio, video).float().cpu().numpy()
                 for (i, o), row in zip(batch, logits):
                     sums[i][o:o + len(row)] += row[:, 1] - row[:, 0]
