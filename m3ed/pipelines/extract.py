@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import json
 import platform
+import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -338,7 +339,8 @@ def _run_locked(corpus: Corpus, context: RunContext, config: ExtractConfig, *, r
             failures += cut_failures
             notes += _clip_notes("cut", screening)
             record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3),
-                                       "failed": len(cut_failures), "clips": str(store.clips_dir)}
+                                       "failed": len(cut_failures), "clips": str(store.clips_dir),
+                                       "peak_rss_mb": peak_rss_mb()}
             continue
         stage = build_stage(name, config.stage_options(name), context)
         try:
@@ -353,7 +355,9 @@ def _run_locked(corpus: Corpus, context: RunContext, config: ExtractConfig, *, r
                 notes += _clip_notes(fs, screening)
             if not run.keep_parts and not report.dialogues_failed and not read_only:
                 store.remove_parts(fs)
-        record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance()}
+        record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance(),
+                                  "peak_rss_mb": peak_rss_mb()}
+        del stage   # its models go before the next stage loads its own
         if read_only and not report.reused:
             raise ConfigurationError(f"{store.root}: not writable, and stage {name} has work to do there")
     # Failures and notes of feature sets this run did not touch stay recorded.
@@ -389,7 +393,8 @@ def _run_shard(context: RunContext, work: Corpus, config: ExtractConfig, screeni
             failures = cut_corpus(shard.select(work), context.media, store.clips_dir, workers=run.cut_workers,
                                   progress=run.progress, screening=screening)
             record["cut_failures"] = [dataclasses.asdict(f) for f in failures]
-            record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3), "failed": len(failures)}
+            record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3), "failed": len(failures),
+                                       "peak_rss_mb": peak_rss_mb()}
             continue
         stage = build_stage(name, config.stage_options(name), context)
         try:
@@ -399,7 +404,9 @@ def _run_shard(context: RunContext, work: Corpus, config: ExtractConfig, screeni
                                        "uses_media": stage.uses_media, "group_size": stage.group_size}
         finally:
             stage.close()
-        record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance()}
+        record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance(),
+                                  "peak_rss_mb": peak_rss_mb()}
+        del stage
     record["complete"] = True
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_text(store.root / "shards" / f"run-{shard.index}-of-{shard.count}.json",
@@ -525,6 +532,12 @@ def _recorded_failures(store: FeatureStore, feature_set: str, corpus: Corpus, sc
 
 def _clip_notes(feature_set: str, screening: Screening) -> list[Failure]:
     return [Failure(feature_set, d, u, note) for u, (d, note) in screening.clipped.items()]
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory so far, in MB (a stage's entry: the peak up to its end)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024)   # bytes on macOS, KiB elsewhere
 
 
 def _versions() -> dict:

@@ -1,0 +1,62 @@
+"""The pipeline on a CUDA GPU gives the CPU's features (skipped where there is no GPU).
+
+fp32 on the GPU must match the CPU up to kernel rounding; bf16 autocast must run every stage and
+write finite features of the same shapes.
+"""
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from m3ed.config import ExtractConfig
+from m3ed.pipelines.extract import extract
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+DIALOGUE = "sampleshow_1"
+
+
+def _run(out, device: str, precision: str = "fp32") -> dict[str, dict[str, np.ndarray]]:
+    config = ExtractConfig()
+    config.run.out, config.run.profile, config.run.progress = str(out), "tiny", False
+    config.run.device, config.run.precision = device, precision
+    config.corpus.dialogues = (DIALOGUE,)
+    record = extract(config)
+    assert record["complete"], record
+    features = {}
+    for path in sorted((out / "features").glob("*.h5")):
+        arrays = {}
+        with h5py.File(path) as h5:
+            h5.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+        features[path.stem] = arrays
+    return features
+
+
+@pytest.fixture(scope="module")
+def on_cpu(tmp_path_factory, models_cache):
+    return _run(tmp_path_factory.mktemp("cpu"), "cpu")
+
+
+def test_fp32_on_the_gpu_matches_the_cpu(tmp_path, on_cpu):
+    on_gpu = _run(tmp_path, "cuda")
+    assert on_gpu.keys() == on_cpu.keys() and len(on_cpu) >= 5
+    for name in ("roberta_mean", "roberta_frame", "wav2vec2_mean", "wav2vec2_frame"):
+        for key, value in on_cpu[name].items():
+            if value.dtype.kind == "f":
+                np.testing.assert_allclose(on_gpu[name][key], value, rtol=1e-3, atol=1e-3, err_msg=f"{name}/{key}")
+            else:
+                assert np.array_equal(on_gpu[name][key], value), f"{name}/{key}"
+    speakers = [name for name in on_cpu if name.startswith("speaker_faces")]
+    for name in speakers:
+        for key, value in on_cpu[name].items():
+            assert on_gpu[name][key].shape == value.shape, f"{name}/{key}: one row per utterance frame on both"
+
+
+def test_bf16_runs_every_stage_with_finite_features(tmp_path, on_cpu):
+    on_gpu = _run(tmp_path, "cuda", "bf16")
+    assert on_gpu.keys() == on_cpu.keys()
+    for name, arrays in on_gpu.items():
+        for key, value in arrays.items():
+            assert value.shape == on_cpu[name][key].shape or name.startswith(("speaker_faces", "denseface")), f"{name}/{key}"
+            if value.dtype.kind == "f" and not name.startswith("speaker_faces"):
+                assert np.isfinite(value).all(), f"{name}/{key} has non-finite values under bf16"
