@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The end-to-end benchmark on a CUDA GPU (bf16 autocast), then the detection-schedule agreement there.
-# Writes bench/results.json keys end_to_end_cuda and asd_agreement (other keys kept) and prints the
-# peak GPU memory in use while the pipeline ran (nvidia-smi sampled every 0.5 s).
+# The end-to-end benchmark on a CUDA GPU (bf16 autocast), then 4 shards side by side on the same GPU,
+# then the detection-schedule agreement there. Writes bench/results.json keys end_to_end_cuda,
+# shards_cuda and asd_agreement (other keys kept) and prints the peak GPU memory in use while the
+# pipeline ran (nvidia-smi sampled every 0.5 s).
 #   bash bench/gpu.sh [extra bench_pipeline.py options, e.g. --copies 20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +16,5 @@ SAMPLER=$!
 "$PY" bench/bench_pipeline.py --device cuda --precision bf16 "$@"
 kill "$SAMPLER"
 echo "peak GPU memory in use during the pipeline: $(sort -n "$MEMORY" | tail -1) MiB"
+"$PY" bench/bench_shards.py --device cuda --precision bf16 --shards 4 --copies 14
 "$PY" bench/bench_asd_agreement.py --device cuda

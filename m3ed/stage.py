@@ -35,6 +35,7 @@ class RunContext:
     profile: Profile
     device: str = "cpu"
     precision: str = "fp32"   # "fp32", "bf16" or "fp16" (autocast; CUDA only)
+    sharded: bool = False     # one shard of a run: results stay unpublished parts until ``m3ed merge``
 
 
 @dataclass

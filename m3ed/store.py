@@ -451,6 +451,46 @@ class FeatureReader:
         self.close()
 
 
+class PartsReader:
+    """A feature set's finished parts read like a published file (``get``, ``attrs``): a shard's
+    results, which ``m3ed merge`` publishes only once every shard is done, for the stages after it
+    in the same shard (the visual stage reads the asd stage's speaker faces)."""
+
+    def __init__(self, store: "FeatureStore", feature_set: str):
+        self.feature_set = feature_set
+        self._parts: dict[str, Path] = {}   # utterance id -> its dialogue's part
+        configs = set()
+        for path in sorted((store.parts_dir / feature_set).glob("*.h5")):
+            with h5py.File(path, "r") as h5:
+                if not h5.attrs.get("complete", False):
+                    continue
+                configs.add(_decode_attr(h5.attrs["config_hash"]))
+                self._parts.update(dict.fromkeys(h5.keys(), path))
+        if len(configs) > 1:
+            raise ValueError(f"{store.parts_dir / feature_set}: unpublished parts of {feature_set} from {len(configs)} "
+                             f"configurations; run that stage again with one configuration for every shard")
+        self.attrs = {"feature_set": feature_set, "config_hash": configs.pop()} if configs else {}
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def get(self, utterance_id: str) -> np.ndarray | None:
+        path = self._parts.get(utterance_id)
+        if path is None:
+            return None
+        with h5py.File(path, "r") as h5:
+            return h5[utterance_id][()]
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "PartsReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def pad_frames(rows: list[list[np.ndarray | None]], dim: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Frame-level arrays ``[T, D]`` (None: missing) per dialogue row -> zero-padded ``x [B, N, T, D]``
     and ``mask [B, N, T]`` of the real frames."""

@@ -90,3 +90,22 @@ def test_merge_refuses_shards_of_different_configurations(tmp_path, sample_corpu
     assert extract_main(base + ["--shard", "1/2", "--text-layer", "0"]) == 0
     assert main(["merge", str(tmp_path / "out"), "--no-report"]) == 2
     assert "different configurations" in capsys.readouterr().err
+
+
+def test_a_shard_runs_the_visual_stage_on_its_own_speaker_faces(tmp_path, sample_corpus, sample_paths, models_cache):
+    """Every stage in one shard command (the deploy scripts' way): the visual stage reads the speaker
+    faces its shard's asd stage left unpublished, and the merge equals one run."""
+    corpus_path = tmp_path / "corpus.jsonl"
+    short = [d for d in _corpus(sample_corpus, sample_paths["videos"], copies=1) if d.duration < 20]
+    assert len(short) == 2
+    Corpus(tuple(short)).to_jsonl(corpus_path)
+    base = ["--annotations", str(corpus_path), "--stages", "asd,visual", "--profile", "tiny", "--device", "cpu",
+            "--asd-model", "light-asd", "--no-progress", "--no-report"]
+    assert extract_main(base + ["--out", str(tmp_path / "one")]) == 0
+    sharded = tmp_path / "sharded"
+    for i in range(2):
+        assert extract_main(base + ["--out", str(sharded), "--shard", f"{i}/2"]) == 0
+    assert main(["merge", str(sharded), "--no-report"]) == 0
+    outputs = _outputs(sharded)
+    assert {"speaker_faces.h5", "denseface_frame.h5", "denseface_mean.h5"} <= outputs.keys()
+    assert outputs == _outputs(tmp_path / "one")

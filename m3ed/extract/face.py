@@ -36,7 +36,7 @@ from ..models.densenet_fer import FACE_SIZE, M3ED_FACE_MEAN, M3ED_FACE_STD, Dens
 from ..options import option
 from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register_stage
 from ..profiles import Profile, fetch_checkpoint, unavailable
-from ..store import Failure, FeatureReader
+from ..store import Failure, FeatureReader, PartsReader
 from ..timecode import DEFAULT_FPS
 from ..weights import sha256_of
 from .batching import split_on_oom
@@ -296,10 +296,15 @@ class FaceStage(Stage):
 
 
 
-def open_speaker_faces(context: RunContext) -> FeatureReader:
+def open_speaker_faces(context: RunContext) -> FeatureReader | PartsReader:
+    """The published speaker faces; without them, a shard's own (its asd stage's parts, unpublished
+    until ``m3ed merge``)."""
     path = context.store.feature_path(SPEAKER_FACES)
-    if not path.exists():
+    if path.exists():
+        return FeatureReader(path)
+    parts = PartsReader(context.store, SPEAKER_FACES) if context.sharded else None
+    if not parts:
         raise FileNotFoundError(f"{path}: the visual stage needs the speaker faces found by the asd stage; "
                                 f"run the asd stage first (e.g. `m3ed-extract --stages asd,visual ...` with "
                                 f"the same output directory)")
-    return FeatureReader(path)
+    return parts

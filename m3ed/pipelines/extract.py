@@ -381,6 +381,7 @@ def _run_locked(corpus: Corpus, context: RunContext, config: ExtractConfig, *, r
 
 def _run_shard(context: RunContext, work: Corpus, config: ExtractConfig, screening: Screening, shard: Shard) -> dict:
     """Process one shard's dialogues into parts; record what ``m3ed merge`` needs to publish."""
+    context = dataclasses.replace(context, sharded=True)
     store, run = context.store, config.run
     record = {"package_version": __version__, "shard": shard.label,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": _versions(),
