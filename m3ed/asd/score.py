@@ -22,7 +22,11 @@ Modes (:class:`ScoreParams.mode`):
 
 Chunks of equal length are batched across tracks, at most ``batch_frames`` video frames per
 forward (one longer chunk goes alone): 250 bounds the activations' memory, which grows with the
-batch; the scores do not depend on it (tested).
+batch; the scores do not depend on it (tested). A piece longer than
+:data:`m3ed.models.talknet.MAX_FRAMES_PER_PASS` (a long track run in ``single`` mode) runs the
+models' front-ends in chunks widened by their receptive fields, and TalkNet's attention a chunk of
+queries at a time, so its memory does not grow with its length either; the scores equal one
+pass's up to rounding (``tests/test_asd_memory.py``).
 
 Only what is needed is scored (``needed``, per track a boolean mask; the asd stage passes the
 frames inside some utterance, since assignment reads nothing else). ``multi`` scores the chunks of

@@ -23,12 +23,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_checkpoint_file, load_state_dict_strict
-from .talknet import AudioVisualASD, ScoreHead, normalise_face_pixels
+from .talknet import MFCC_FRAMES_PER_VIDEO_FRAME, AudioVisualASD, ScoreHead, normalise_face_pixels
 
 __all__ = ["LightASD"]
 
 # All of Light-ASD's batch norms use these (non-default) settings; eps changes the outputs.
 _BN = {"momentum": 0.01, "eps": 0.001}
+# Video frames either side that a frame's embedding depends on (for AudioVisualASD._in_chunks).
+# Visual: each block's temporal convolutions reach 2 frames (kernel 5; the pools are spatial), so 3
+# blocks reach 6. Audio, from the output back: block3 reaches 2 frames; pool2 (3 wide, stride 2)
+# makes that 2*2+1 = 5 steps at 2 a frame, block2 7; pool1 2*7+1 = 15 MFCC steps, block1 17, within
+# 5 frames (20 steps). Chunks start on whole frames, so the pools' stride-2 grids stay aligned.
+_VISUAL_CONTEXT_FRAMES = 6
+_AUDIO_CONTEXT_FRAMES = 5
 
 
 class _VisualBlock(nn.Module):
@@ -178,12 +185,14 @@ class LightASD(AudioVisualASD):
         return network.to(device).eval()
 
     def forward_audio_frontend(self, mfcc: torch.Tensor) -> torch.Tensor:
-        """``[B,4T,13]`` MFCC -> ``[B,T,128]`` audio embedding."""
-        return self.model.audioEncoder(mfcc.unsqueeze(1).transpose(2, 3))
+        """``[B,4T,13]`` MFCC -> ``[B,T,128]`` audio embedding (long pieces in chunks)."""
+        return self._in_chunks(lambda chunk: self.model.audioEncoder(chunk.unsqueeze(1).transpose(2, 3)), mfcc,
+                               _AUDIO_CONTEXT_FRAMES, MFCC_FRAMES_PER_VIDEO_FRAME)
 
     def forward_visual_frontend(self, video: torch.Tensor) -> torch.Tensor:
-        """``[B,T,H,W]`` raw gray values (0-255) -> ``[B,T,128]`` visual embedding."""
-        return self.model.visualEncoder(normalise_face_pixels(video).unsqueeze(1))
+        """``[B,T,H,W]`` raw gray values (0-255) -> ``[B,T,128]`` visual embedding (long pieces in chunks)."""
+        return self._in_chunks(lambda chunk: self.model.visualEncoder(normalise_face_pixels(chunk).unsqueeze(1)),
+                               video, _VISUAL_CONTEXT_FRAMES)
 
     def forward_audio_visual_backend(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """Sum of the two embeddings through the bidirectional GRU: ``[B,T,128]``."""
@@ -200,7 +209,7 @@ class LightASD(AudioVisualASD):
         1e-5 on the logits)."""
         mfcc, video = self._prepare(mfcc, video)
         audio = self.forward_audio_frontend(mfcc)
-        visual = self._fused_visual_frontend(video)
+        visual = self._in_chunks(self._fused_visual_frontend, video, _VISUAL_CONTEXT_FRAMES)
         return self.lossAV(self.fuse(audio, visual))
 
     def _fused_visual_frontend(self, video: torch.Tensor) -> torch.Tensor:

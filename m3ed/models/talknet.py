@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from .checkpoint import load_checkpoint_file, load_state_dict_strict
 __all__ = [
     "FACE_PIXEL_MEAN",
     "FACE_PIXEL_STD",
+    "MAX_FRAMES_PER_PASS",
     "MFCC_FRAMES_PER_VIDEO_FRAME",
     "NUM_MFCC",
     "AudioVisualASD",
@@ -51,6 +52,12 @@ NUM_MFCC = 13
 #: Face pixels (0-255 gray values) are normalised as (x / 255 - mean) / std inside the models.
 FACE_PIXEL_MEAN = 0.4161
 FACE_PIXEL_STD = 0.1688
+#: Most video frames the memory-hungry parts take in one pass: longer pieces run their front-ends
+#: chunk by chunk (:meth:`AudioVisualASD._in_chunks`) and TalkNet's attention that many queries at a
+#: time, since activations grow with the frames of a pass (Light-ASD's front-ends: about 1.6 MiB a
+#: frame; TalkNet's attention scores: quadratically). 250 is what ``ScoreParams.batch_frames``
+#: already lets a batch of short pieces hold, so a long piece peaks no higher than they do.
+MAX_FRAMES_PER_PASS = 250
 
 # Keys of the official checkpoints that belong to training-only heads.
 _TALKNET_TRAINING_ONLY_PREFIXES = ("lossA.", "lossV.")
@@ -113,7 +120,8 @@ class ScoreHead(nn.Module):
 class AudioVisualASD(nn.Module):
     """The interface of an audio-visual active speaker scorer.
 
-    Subclasses provide the two front-ends, :meth:`fuse` and a ``lossAV`` :class:`ScoreHead`.
+    Subclasses provide the two front-ends, :meth:`fuse` and a ``lossAV`` :class:`ScoreHead`;
+    front-ends that look at nearby frames only run long pieces through :meth:`_in_chunks`.
     Inputs: ``mfcc [B,4T,13]`` (:func:`m3ed.asd.mfcc.mfcc` of int16-scale samples) and
     ``video [B,T,H,W]`` raw gray values 0-255 as floats (or uint8); the models normalise inside.
     Inputs are moved to the model's device and dtype.
@@ -121,6 +129,8 @@ class AudioVisualASD(nn.Module):
 
     #: Face crop size the model needs (None: any size works).
     face_size: int | None = 112
+    #: Longest piece that runs in one pass (an attribute so that tests can shrink it).
+    max_frames_per_pass: int = MAX_FRAMES_PER_PASS
     lossAV: ScoreHead
 
     def forward_audio_frontend(self, mfcc: torch.Tensor) -> torch.Tensor:
@@ -173,6 +183,29 @@ class AudioVisualASD(nn.Module):
         reference = next(self.parameters())
         return x.to(device=reference.device, dtype=reference.dtype)
 
+    def _in_chunks(self, frontend: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, context: int,
+                   steps_per_frame: int = 1) -> torch.Tensor:
+        """``frontend(x)`` in memory bounded by :attr:`max_frames_per_pass` whatever the length.
+
+        ``frontend`` maps ``x [B, steps_per_frame*T, ...]`` to ``[B,T,D]``, each output frame
+        depending only on the inputs within ``context`` frames of it (its temporal receptive field).
+        Each chunk runs with ``context`` more frames on both sides, and their outputs (the ones that
+        saw the chunk's edge padding) are dropped: the same values as one pass, up to rounding.
+        Pieces up to :attr:`max_frames_per_pass` (and inputs not whole frames) take one pass.
+        """
+        frames, rest = divmod(x.shape[1], steps_per_frame)
+        if rest or frames <= self.max_frames_per_pass:
+            return frontend(x)
+        chunks = -(-frames // self.max_frames_per_pass)
+        size = -(-frames // chunks)  # equal chunks: no short last one carrying two full halos
+        outputs = []
+        for start in range(0, frames, size):
+            stop = min(start + size, frames)
+            first, last = max(0, start - context), min(frames, stop + context)
+            embedding = frontend(x[:, first * steps_per_frame:last * steps_per_frame])
+            outputs.append(embedding[:, start - first:stop - first])
+        return torch.cat(outputs, dim=1)
+
 
 # --------------------------------------------------------------------------------------------------
 # Visual encoder: 3-D conv front-end + ResNet-18 (from deep_avsr), V-TCN, Conv1D
@@ -180,6 +213,9 @@ class AudioVisualASD(nn.Module):
 
 # The visual front-end's batch norms use these (non-default) settings; eps changes the outputs.
 _FRONTEND_BN = {"momentum": 0.01, "eps": 0.001}
+# Frames either side that a frame's _VisualFrontend embedding depends on: its 3-D convolution spans
+# 5 frames; pooling and the ResNet-18 work frame by frame.
+_VISUAL_FRONTEND_CONTEXT_FRAMES = 2
 
 
 class _ResNetLayer(nn.Module):
@@ -393,8 +429,15 @@ class _AttentionLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
-    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        attended = self.self_attn(target, source, source, need_weights=False)[0]
+    def forward(self, source: torch.Tensor, target: torch.Tensor, queries_per_pass: int | None = None) -> torch.Tensor:
+        """``queries_per_pass`` bounds the ``[queries, T]`` attention scores of a long sequence; every
+        query still attends to all of ``source``, so the values are the same (up to rounding)."""
+        if queries_per_pass is None or target.shape[1] <= queries_per_pass:
+            # target itself, not a view of it: attention packs its projections when query is key
+            attended = self.self_attn(target, source, source, need_weights=False)[0]
+        else:
+            attended = torch.cat([self.self_attn(queries, source, source, need_weights=False)[0]
+                                  for queries in target.split(queries_per_pass, dim=1)], dim=1)
         x = self.norm1(source + self.dropout1(attended))
         feed_forward = self.linear2(self.dropout(F.relu(self.linear1(x))))
         return self.norm2(x + self.dropout2(feed_forward))
@@ -451,8 +494,15 @@ class TalkNet(AudioVisualASD):
         return self.model.audioEncoder(mfcc.unsqueeze(1).transpose(2, 3))
 
     def forward_visual_frontend(self, video: torch.Tensor) -> torch.Tensor:
-        """``[B,T,112,112]`` raw gray values (0-255) -> ``[B,T,128]`` visual embedding."""
-        x = self.model.visualFrontend(normalise_face_pixels(video))
+        """``[B,T,112,112]`` raw gray values (0-255) -> ``[B,T,128]`` visual embedding.
+
+        The per-frame front-end, nearly all of the memory, runs in chunks on long pieces; the
+        V-TCN after it sees the whole piece (its global layer norm spans all frames) on [B,512,T].
+        (The audio encoder is not chunked either: its squeeze-and-excitation means span all frames,
+        and its activations are small.)
+        """
+        x = self._in_chunks(lambda chunk: self.model.visualFrontend(normalise_face_pixels(chunk)), video,
+                            _VISUAL_FRONTEND_CONTEXT_FRAMES)
         x = self.model.visualConv1D(self.model.visualTCN(x.transpose(1, 2)))
         return x.transpose(1, 2)
 
@@ -460,14 +510,15 @@ class TalkNet(AudioVisualASD):
         self, audio_embed: torch.Tensor, visual_embed: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each stream attended by the other: ``([B,T,128], [B,T,128])``."""
-        audio = self.model.crossA2V(source=audio_embed, target=visual_embed)
-        visual = self.model.crossV2A(source=visual_embed, target=audio_embed)
+        per_pass = self.max_frames_per_pass
+        audio = self.model.crossA2V(source=audio_embed, target=visual_embed, queries_per_pass=per_pass)
+        visual = self.model.crossV2A(source=visual_embed, target=audio_embed, queries_per_pass=per_pass)
         return audio, visual
 
     def forward_audio_visual_backend(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """Self-attention over the concatenated streams: ``[B,T,256]``."""
         x = torch.cat((audio, visual), dim=2)
-        return self.model.selfAV(source=x, target=x)
+        return self.model.selfAV(source=x, target=x, queries_per_pass=self.max_frames_per_pass)
 
     def fuse(self, audio_embed: torch.Tensor, visual_embed: torch.Tensor) -> torch.Tensor:
         return self.forward_audio_visual_backend(*self.forward_cross_attention(audio_embed, visual_embed))
