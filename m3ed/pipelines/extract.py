@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import ExtractConfig, load_corpus, media_source
 from ..corpus import Corpus
-from ..device import default_device, torch_threads
+from ..device import default_device, release_memory, torch_threads
 from ..errors import ConfigurationError
 from ..files import DiskFull, atomic_write_text, sweep_temporaries
 from ..locate import MediaSource
@@ -358,6 +358,7 @@ def _run_locked(corpus: Corpus, context: RunContext, config: ExtractConfig, *, r
         record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance(),
                                   "peak_rss_mb": peak_rss_mb()}
         del stage   # its models go before the next stage loads its own
+        release_memory()
         if read_only and not report.reused:
             raise ConfigurationError(f"{store.root}: not writable, and stage {name} has work to do there")
     # Failures and notes of feature sets this run did not touch stay recorded.
@@ -408,6 +409,7 @@ def _run_shard(context: RunContext, work: Corpus, config: ExtractConfig, screeni
         record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance(),
                                   "peak_rss_mb": peak_rss_mb()}
         del stage
+        release_memory()
     record["complete"] = True
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_text(store.root / "shards" / f"run-{shard.index}-of-{shard.count}.json",
