@@ -67,8 +67,18 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _malloc_trim():
     libc = ctypes.util.find_library("c")
-    if libc:
-        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)   # glibc only
-        if trim is not None:
-            trim(0)
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None   # glibc only
+
+
+_MALLOC_TRIM = _malloc_trim()

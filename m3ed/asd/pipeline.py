@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..corpus import Dialogue
-from ..device import autocast
+from ..device import autocast, release_memory
 from ..media import FrameCache, MediaError
 from ..options import option
 from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register_stage
@@ -138,10 +138,14 @@ class AsdPipeline:
         span = media.locate(dialogue)
         audio = media.audio(span)
         faces, crops = self.find_faces(dialogue.id, lambda: media.frames(span, fps=self.config.fps, chunk=CHUNK_FRAMES))
+        # Each step's buffers are freed by its end, but the C heap keeps them and the next step's
+        # land elsewhere; handing them back lowers a long dialogue's peak (9.8 min: 5.4 -> 4.1 GB).
+        release_memory()
         inside = self.utterance_rows(dialogue, faces.tracks)   # what assignment reads: scored and embedded
         with autocast(self.device, self.precision):
             needed = None if self.config.scoring.frames == "all" else inside   # as needed_frames
             faces.scores, faces.demo_scores = self.score(faces.tracks, crops, audio, needed)
+            release_memory()
             embeddings = self.embed(faces.tracks, crops, inside if self.config.embed_frames == "utterances" else None)
         speaker_faces = assign_speakers(dialogue, faces.tracks, faces.scores, embeddings, self.config.fps,
                                         self.config.assign, stage1_scores=faces.demo_scores)

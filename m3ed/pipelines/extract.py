@@ -518,6 +518,8 @@ def preflight(config: ExtractConfig, context: RunContext) -> None:
             stage.preflight()
         finally:
             stage.close()
+        del stage
+        release_memory()
 
 
 def _on_ray_engine(config: ExtractConfig) -> ExtractConfig | None:
