@@ -21,7 +21,9 @@ import time
 import numpy as np
 import torch
 
-from common import REPO, merge_results, peak_rss_mb, table
+from common import REPO, merge_results, table
+
+from m3ed.device import peak_rss_mb
 
 from m3ed.asd.crop import TrackCrops
 from m3ed.asd.detect import DetectionParams, Detections, FaceDetector

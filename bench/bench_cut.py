@@ -8,7 +8,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import long_episode, merge_results, peak_rss_mb, table
+from common import long_episode, merge_results, table
+
+from m3ed.device import peak_rss_mb
 
 from m3ed.corpus import Corpus, Dialogue, Utterance
 from m3ed.locate import MediaSource

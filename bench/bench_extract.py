@@ -19,7 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, long_episode, merge_results, peak_rss_mb, table
+from common import REPO, long_episode, merge_results, table
+
+from m3ed.device import peak_rss_mb
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

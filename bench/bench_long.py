@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from bench_pipeline import extract
-from common import subprocess_env, REPO, long_episode, merge_results, table
+from common import REPO, long_episode, merge_results, subprocess_env, table
 
 
 def write_manifest(path: Path, minutes: float) -> tuple[float, int]:
@@ -61,7 +61,6 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="m3ed-bench-long-"))
     env = subprocess_env()
-    env.setdefault("M3ED_CACHE", str(REPO / ".cache" / "m3ed"))
     seconds, utterances = write_manifest(work / "manifest.csv", args.minutes)
     stages = {}
     for stage in args.stages.split(","):

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import subprocess_env, REPO, merge_results, table
+from common import REPO, merge_results, subprocess_env, table
 
 STAGES = ("cut", "text", "audio", "asd", "visual")
 # The reference's ASD settings: detection on every frame at native size with MTCNN's own pyramid,
@@ -141,7 +141,6 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="m3ed-bench-pipeline-"))
     work.mkdir(parents=True, exist_ok=True)
     env = subprocess_env()
-    env.setdefault("M3ED_CACHE", str(REPO / ".cache" / "m3ed"))
     device = ["--precision", args.precision]
 
     seconds, utterances = write_manifest(work / "manifest.csv", args.copies)

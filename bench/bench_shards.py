@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench_pipeline import EXTRACT, write_manifest
-from common import REPO, merge_results, subprocess_env
+from common import merge_results, subprocess_env
 
 
 class GpuMemory(threading.Thread):
@@ -50,19 +50,20 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="m3ed-bench-shards-"))
     env = subprocess_env()
-    env.setdefault("M3ED_CACHE", str(REPO / ".cache" / "m3ed"))
     seconds, utterances = write_manifest(work / "manifest.csv", args.copies)
     threads = max(1, (os.cpu_count() or 1) // args.shards)
-    common = ["--annotations", str(work / "manifest.csv"), "--out", str(work / "out"), "--profile", "paper-random",
+    options = ["--annotations", str(work / "manifest.csv"), "--out", str(work / "out"), "--profile", "paper-random",
               "--device", args.device, "--precision", args.precision, "--asd-model", "light-asd",
               "--threads", str(threads), "--no-report", "--no-progress"]
     memory = GpuMemory()
     memory.start()
     started = time.perf_counter()
     logs = [open(work / f"shard-{i}.log", "wb") for i in range(args.shards)]
-    processes = [subprocess.Popen([*EXTRACT, *common, "--shard", f"{i}/{args.shards}"], stdout=log,
+    processes = [subprocess.Popen([*EXTRACT, *options, "--shard", f"{i}/{args.shards}"], stdout=log,
                                   stderr=subprocess.STDOUT, env=env) for i, log in enumerate(logs)]
     codes = [p.wait() for p in processes]
+    for log in logs:
+        log.close()
     shards_s = time.perf_counter() - started
     merge = f"import sys; from m3ed.pipelines.cli import main; sys.argv = ['m3ed', 'merge', {str(work / 'out')!r}]; main()"
     merged = subprocess.run([EXTRACT[0], "-c", merge], env=env, capture_output=True, text=True)

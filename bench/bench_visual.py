@@ -18,7 +18,9 @@ import cv2
 import numpy as np
 import skimage.data
 import torch
-from common import merge_results, peak_rss_mb, table
+from common import merge_results, table
+
+from m3ed.device import peak_rss_mb
 
 from m3ed.asd.embed import EMBED_SIZE, FaceEmbedder
 from m3ed.extract.face import FaceConfig, FaceStage

@@ -1,9 +1,8 @@
-"""Helpers shared by the benchmark scripts: results file, memory, a longer test video."""
+"""Helpers shared by the benchmark scripts: results file, child environment, a longer test video."""
 from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 from pathlib import Path
 
@@ -13,12 +12,13 @@ RESULTS = BENCH_DIR / "results.json"
 SAMPLE_VIDEOS = REPO / "samples" / "videos"
 
 
-
 def subprocess_env(**extra: str) -> dict:
     """This environment for a child Python that imports the repository's package (ahead of any
-    PYTHONPATH already set, which may hold dependencies installed elsewhere), offline."""
+    PYTHONPATH already set, which may hold dependencies installed elsewhere), offline, with the
+    locally built models in ``M3ED_CACHE`` (default: the repository's ``.cache/m3ed``)."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **extra}
+    return {"M3ED_CACHE": str(REPO / ".cache" / "m3ed"), **os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path,
+            **extra}
 
 
 def merge_results(key: str, value) -> None:
@@ -26,11 +26,6 @@ def merge_results(key: str, value) -> None:
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data[key] = value
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def long_episode(path: Path, seconds: float = 60.0, height: int = 720) -> Path:

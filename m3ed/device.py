@@ -5,6 +5,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import resource
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, TypeVar
 
@@ -48,7 +50,7 @@ def side_by_side(call: Callable[[Item], Result], items: Iterable[Item], device: 
     mode (grad mode is per thread): small models use the cores better so than with intra-op threads
     (MTCNN 1.8x, DenseNet pieces 1.2-1.4x on 2 cores). Elsewhere, and with one thread, one after another."""
     items = list(items)
-    workers = min(len(items), torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
+    workers = min(len(items), side_by_side_workers(device))
     if workers < 2:
         return [call(item) for item in items]
 
@@ -60,10 +62,22 @@ def side_by_side(call: Callable[[Item], Result], items: Iterable[Item], device: 
         return list(pool.map(work, items))
 
 
+def side_by_side_workers(device: str | torch.device) -> int:
+    """How many calls :func:`side_by_side` runs at once: one per torch thread on CPU, else one."""
+    return max(1, torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024   # bytes on macOS, KiB elsewhere
+
+
 def release_memory() -> None:
-    """Give freed memory back to the system between stages: Python's cycles, PyTorch's CUDA cache,
-    and glibc's heaps, which otherwise keep what a stage freed (measured: a process running the
-    audio, asd and visual stages peaked at 3.5 GB without this, 2.6 GB with it)."""
+    """Give freed memory back to the system, between stages and between the asd stage's steps:
+    Python's cycles, PyTorch's CUDA cache, and glibc's heaps, which otherwise keep what a stage
+    freed (measured: a process running the audio, asd and visual stages peaked at 3.5 GB without
+    this, 2.6 GB with it)."""
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..device import side_by_side
+from ..device import side_by_side, side_by_side_workers
 
 #: One frame's faces: ``[k, 5]`` float32 rows ``x1, y1, x2, y2, probability`` in original pixels.
 NO_FACES = np.zeros((0, 5), np.float32)
@@ -120,7 +120,7 @@ class FaceDetector:
     @property
     def workers(self) -> int:
         """MTCNN calls run side by side: on CPU one per torch thread of the run, on a GPU one."""
-        return max(1, torch.get_num_threads()) if self.device.type == "cpu" else 1
+        return side_by_side_workers(self.device)
 
     def detect(self, frames: np.ndarray) -> list[np.ndarray]:
         """``[n,H,W,3]`` RGB uint8 -> n arrays ``[k,5]`` (x1, y1, x2, y2, probability), original pixels."""

@@ -13,7 +13,6 @@ import dataclasses
 import errno
 import json
 import platform
-import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import ExtractConfig, load_corpus, media_source
 from ..corpus import Corpus
-from ..device import default_device, release_memory, torch_threads
+from ..device import default_device, peak_rss_mb, release_memory, torch_threads
 from ..errors import ConfigurationError
 from ..files import DiskFull, atomic_write_text, sweep_temporaries
 from ..locate import MediaSource
@@ -340,7 +339,7 @@ def _run_locked(corpus: Corpus, context: RunContext, config: ExtractConfig, *, r
             notes += _clip_notes("cut", screening)
             record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3),
                                        "failed": len(cut_failures), "clips": str(store.clips_dir),
-                                       "peak_rss_mb": peak_rss_mb()}
+                                       "peak_rss_mb": round(peak_rss_mb())}
             continue
         stage = build_stage(name, config.stage_options(name), context)
         try:
@@ -355,8 +354,7 @@ def _run_locked(corpus: Corpus, context: RunContext, config: ExtractConfig, *, r
                 notes += _clip_notes(fs, screening)
             if not run.keep_parts and not report.dialogues_failed and not read_only:
                 store.remove_parts(fs)
-        record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance(),
-                                  "peak_rss_mb": peak_rss_mb()}
+        record["stages"][name] = _stage_record(report, stage)
         del stage   # its models go before the next stage loads its own
         release_memory()
         if read_only and not report.reused:
@@ -396,7 +394,7 @@ def _run_shard(context: RunContext, work: Corpus, config: ExtractConfig, screeni
                                   progress=run.progress, screening=screening)
             record["cut_failures"] = [dataclasses.asdict(f) for f in failures]
             record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3), "failed": len(failures),
-                                       "peak_rss_mb": peak_rss_mb()}
+                                       "peak_rss_mb": round(peak_rss_mb())}
             continue
         stage = build_stage(name, config.stage_options(name), context)
         try:
@@ -406,8 +404,7 @@ def _run_shard(context: RunContext, work: Corpus, config: ExtractConfig, screeni
                                        "uses_media": stage.uses_media, "group_size": stage.group_size}
         finally:
             stage.close()
-        record["stages"][name] = {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance(),
-                                  "peak_rss_mb": peak_rss_mb()}
+        record["stages"][name] = _stage_record(report, stage)
         del stage
         release_memory()
     record["complete"] = True
@@ -539,10 +536,10 @@ def _clip_notes(feature_set: str, screening: Screening) -> list[Failure]:
     return [Failure(feature_set, d, u, note) for u, (d, note) in screening.clipped.items()]
 
 
-def peak_rss_mb() -> int:
-    """This process's peak resident memory so far, in MB (a stage's entry: the peak up to its end)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024)   # bytes on macOS, KiB elsewhere
+def _stage_record(report, stage: Stage) -> dict:
+    """A stage's entry in the run record; ``peak_rss_mb``: the process's peak up to the stage's end."""
+    return {**vars(report), "seconds": round(report.seconds, 3), "provenance": stage.provenance(),
+            "peak_rss_mb": round(peak_rss_mb())}
 
 
 def _versions() -> dict:
