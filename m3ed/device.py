@@ -90,9 +90,39 @@ def trim_heap() -> None:
         _MALLOC_TRIM(0)
 
 
-def _malloc_trim():
+#: glibc's own limits once its dynamic threshold has grown: buffers over 32 MB are unmapped when
+#: freed, and the heap's top is trimmed past 64 MB.
+_GLIBC_MMAP_MAX, _GLIBC_TRIM_MAX = 32 * 2 ** 20, 64 * 2 ** 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # mallopt's parameter numbers (malloc.h)
+
+
+@contextlib.contextmanager
+def freed_buffers_kept(limit_mb: int = 1024):
+    """Within the block, glibc keeps freed buffers of up to ``limit_mb`` in its heap for the next
+    allocation instead of unmapping them; afterwards its usual limits return and the heap is trimmed.
+
+    glibc maps every allocation over 32 MB afresh and unmaps it when freed, so the next tensor of
+    that size page-faults its way through new zeroed memory. Light-ASD's activations (400 MB for
+    250 frames) spent a third of their time in the kernel doing that: its front-end 3.4 -> 2.1 s,
+    the sample's scoring 12.0 -> 8.6 s. Only for steps whose working set is bounded: kept for a
+    whole run, the heap's fragments raised the 9.8-minute dialogue's asd peak from 4 to 6 GB.
+    Elsewhere than glibc, nothing changes."""
+    if _MALLOPT is None:
+        yield
+        return
+    _MALLOPT(_M_MMAP_THRESHOLD, limit_mb * 2 ** 20)
+    _MALLOPT(_M_TRIM_THRESHOLD, 2 * limit_mb * 2 ** 20)
+    try:
+        yield
+    finally:
+        _MALLOPT(_M_MMAP_THRESHOLD, _GLIBC_MMAP_MAX)
+        _MALLOPT(_M_TRIM_THRESHOLD, _GLIBC_TRIM_MAX)
+        trim_heap()
+
+
+def _glibc(name: str):
     libc = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None   # glibc only
+    return getattr(ctypes.CDLL(libc), name, None) if libc else None   # glibc only
 
 
-_MALLOC_TRIM = _malloc_trim()
+_MALLOC_TRIM, _MALLOPT = _glibc("malloc_trim"), _glibc("mallopt")

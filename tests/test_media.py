@@ -1,5 +1,9 @@
 """Decoding spans and cutting clips with the real ffmpeg, checked against ffmpeg's own frame count."""
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -8,7 +12,8 @@ from conftest import count_frames, make_numbered_video, read_frame_code
 from m3ed.corpus import Dialogue, Utterance
 from m3ed.locate import MediaSource, Timing, VideoNotFound
 from m3ed.media import MediaError, cut_video, decode_audio, decode_frames, iter_frames, probe
-from m3ed.pipelines.cut import cut_corpus
+from m3ed.pipelines import cut as cut_module
+from m3ed.pipelines.cut import CutJob, cut_corpus
 from m3ed.corpus import Corpus
 
 
@@ -118,3 +123,37 @@ def test_cut_corpus_episode_to_utterances(numbered, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "clips").rglob("*.*")}
     assert cut_corpus(Corpus((good,)), media, tmp_path / "clips", progress=False) == []
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "clips").rglob("*.*")} == before   # valid outputs kept
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
+def test_cut_beside_other_stages_runs_idle_and_writes_the_same_clips(numbered, tmp_path, monkeypatch):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(numbered, videos / "show01.mp4")
+    utts = (Utterance("show_1_1", "show_1", "A", 0.0, 1.0), Utterance("show_1_2", "show_1", "B", 1.0, 2.4))
+    corpus = Corpus((Dialogue("show_1", "show", utts, episode=1, start=2.0, end=4.4),))
+    media = MediaSource(videos)
+    assert cut_corpus(corpus, media, tmp_path / "front", progress=False) == []
+
+    seen: list[tuple[int, int]] = []   # per clip: (the cutting thread's policy, a child process's)
+    original = cut_module.cut_video
+
+    def spying_cut(*args, **kwargs):
+        child = subprocess.Popen(["sleep", "0.1"])   # started from the thread that starts ffmpeg next
+        seen.append((os.sched_getscheduler(0), os.sched_getscheduler(child.pid)))
+        child.wait()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cut_module, "cut_video", spying_cut)
+    job = CutJob(corpus, media, tmp_path / "beside", progress=False, beside=True)
+    deadline = time.monotonic() + 60
+    while len(seen) < 3 and time.monotonic() < deadline:   # the stages would run here meanwhile
+        time.sleep(0.05)
+    assert job.wait() == []
+    assert len(seen) == 3 and set(seen) == {(os.SCHED_IDLE, os.SCHED_IDLE)}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER   # the caller keeps its own priority
+    front = sorted(p.relative_to(tmp_path / "front") for p in (tmp_path / "front").rglob("*.*"))
+    beside = sorted(p.relative_to(tmp_path / "beside") for p in (tmp_path / "beside").rglob("*.*"))
+    assert front == beside and len(front) == 5
+    for relative in front:   # the same encoder settings: only the priority differs
+        assert (tmp_path / "front" / relative).read_bytes() == (tmp_path / "beside" / relative).read_bytes()

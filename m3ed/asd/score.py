@@ -48,6 +48,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..device import freed_buffers_kept
 from ..media import SAMPLE_RATE
 from ..models.talknet import MFCC_FRAMES_PER_VIDEO_FRAME, AudioVisualASD
 from ..profiles import Profile, fetch_checkpoint
@@ -175,7 +176,8 @@ def track_scores(model: AudioVisualASD, features: torch.Tensor, tracks: Sequence
                 audio = torch.stack([features[per * (tracks[i].first + o):per * (tracks[i].first + o + length)]
                                      for i, o in batch])
                 video = torch.from_numpy(np.stack([crops[i][o:o + length] for i, o in batch])).float()
-                logits = forward(audio, video).float().cpu().numpy()
+                with freed_buffers_kept():   # one call's activations reuse each other's memory, then go back
+                    logits = forward(audio, video).float().cpu().numpy()
                 for (i, o), row in zip(batch, logits):
                     sums[i][o:o + len(row)] += row[:, 1] - row[:, 0]
                     speaking[i][o:o + len(row)] += row[:, 1]

@@ -32,7 +32,7 @@ from ..lock import LockError, OutputLock
 from ..media import MediaError
 from ..screening import Screening, refused_dialogues, screen_times
 from ..store import Failure, FeatureStore, config_hash, dialogue_hash
-from .cut import cut_corpus
+from .cut import CutJob
 from .shard import Shard, shard_from
 from ..profiles import get_profile
 from ..stage import DialogueResult, RunContext, Stage, build_stage, failed_dialogue, stage_class, stage_names
@@ -328,37 +328,42 @@ def _run_locked(corpus: Corpus, context: RunContext, config: ExtractConfig, *, r
     notes: list[Failure] = []
     produced: set[str] = set()
     work_ids = {d.id for d in work}
-    for name in stages:
-        if name == "cut":
-            produced.add("cut")
-            started = time.perf_counter()
-            cut_failures = cut_corpus(work, context.media, store.clips_dir, workers=run.cut_workers,
-                                      progress=run.progress, screening=screening)
-            failures += [f for f in previous if f.feature_set == "cut" and f.dialogue_id not in work_ids]
-            failures += cut_failures
-            notes += _clip_notes("cut", screening)
-            record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3),
-                                       "failed": len(cut_failures), "clips": str(store.clips_dir),
-                                       "peak_rss_mb": round(peak_rss_mb())}
-            continue
-        stage = build_stage(name, config.stage_options(name), context)
-        try:
-            report = run_stage(stage, context, run.progress, work=work, screening=screening,
-                               ray_config=_on_ray_engine(config))
-        finally:
-            stage.close()
-        produced.update(stage.feature_sets)
-        for fs in stage.feature_sets:
-            failures += _recorded_failures(store, fs, context.corpus, screening, previous)
-            if stage.uses_media:
-                notes += _clip_notes(fs, screening)
-            if not run.keep_parts and not report.dialogues_failed and not read_only:
-                store.remove_parts(fs)
-        record["stages"][name] = _stage_record(report, stage)
-        del stage   # its models go before the next stage loads its own
-        release_memory()
-        if read_only and not report.reused:
-            raise ConfigurationError(f"{store.root}: not writable, and stage {name} has work to do there")
+    cut, cut_at = None, 0
+    try:
+        for name in stages:
+            if name == "cut":
+                produced.add("cut")
+                cut = _start_cut(work, context, config, screening, beside=name != stages[-1])
+                failures += [f for f in previous if f.feature_set == "cut" and f.dialogue_id not in work_ids]
+                cut_at = len(failures)   # where its failures go once it is done
+                notes += _clip_notes("cut", screening)
+                record["stages"]["cut"] = {}   # filled in once it is done
+                continue
+            stage = build_stage(name, config.stage_options(name), context)
+            try:
+                report = run_stage(stage, context, run.progress, work=work, screening=screening,
+                                   ray_config=_on_ray_engine(config))
+            finally:
+                stage.close()
+            produced.update(stage.feature_sets)
+            for fs in stage.feature_sets:
+                failures += _recorded_failures(store, fs, context.corpus, screening, previous)
+                if stage.uses_media:
+                    notes += _clip_notes(fs, screening)
+                if not run.keep_parts and not report.dialogues_failed and not read_only:
+                    store.remove_parts(fs)
+            record["stages"][name] = _stage_record(report, stage)
+            del stage   # its models go before the next stage loads its own
+            release_memory()
+            if read_only and not report.reused:
+                raise ConfigurationError(f"{store.root}: not writable, and stage {name} has work to do there")
+        if cut:
+            cut_failures = cut.wait()
+            failures[cut_at:cut_at] = cut_failures
+            record["stages"]["cut"] = _cut_record(cut, cut_failures, store)
+    finally:
+        if cut:
+            cut.cancel()   # after a stage's error: the dialogues being cut finish, no others start
     # Failures and notes of feature sets this run did not touch stay recorded.
     failures = [f for f in previous if f.feature_set not in produced] + failures
     notes = [n for n in previous_notes if n.feature_set not in produced] + notes
@@ -387,26 +392,31 @@ def _run_shard(context: RunContext, work: Corpus, config: ExtractConfig, screeni
               "config": config.to_dict(), "stages": {},
               "refused": screening.refused, "clipped": {u: list(v) for u, v in screening.clipped.items()},
               "publish": {}, "cut_failures": [], "complete": False}
-    for name in run.stages:
-        started = time.perf_counter()
-        if name == "cut":
-            failures = cut_corpus(shard.select(work), context.media, store.clips_dir, workers=run.cut_workers,
-                                  progress=run.progress, screening=screening)
+    cut = None
+    try:
+        for name in run.stages:
+            if name == "cut":
+                cut = _start_cut(shard.select(work), context, config, screening, beside=name != run.stages[-1])
+                record["stages"]["cut"] = {}   # filled in once it is done
+                continue
+            stage = build_stage(name, config.stage_options(name), context)
+            try:
+                report = run_stage(stage, context, run.progress, work=work, screening=screening, publish=False,
+                                   shard=shard, ray_config=_on_ray_engine(config))
+                record["publish"][name] = {"attrs": publish_attrs(stage, context.corpus, screening),
+                                           "uses_media": stage.uses_media, "group_size": stage.group_size}
+            finally:
+                stage.close()
+            record["stages"][name] = _stage_record(report, stage)
+            del stage
+            release_memory()
+        if cut:
+            failures = cut.wait()
             record["cut_failures"] = [dataclasses.asdict(f) for f in failures]
-            record["stages"]["cut"] = {"seconds": round(time.perf_counter() - started, 3), "failed": len(failures),
-                                       "peak_rss_mb": round(peak_rss_mb())}
-            continue
-        stage = build_stage(name, config.stage_options(name), context)
-        try:
-            report = run_stage(stage, context, run.progress, work=work, screening=screening, publish=False,
-                               shard=shard, ray_config=_on_ray_engine(config))
-            record["publish"][name] = {"attrs": publish_attrs(stage, context.corpus, screening),
-                                       "uses_media": stage.uses_media, "group_size": stage.group_size}
-        finally:
-            stage.close()
-        record["stages"][name] = _stage_record(report, stage)
-        del stage
-        release_memory()
+            record["stages"]["cut"] = _cut_record(cut, failures, None)
+    finally:
+        if cut:
+            cut.cancel()
     record["complete"] = True
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_text(store.root / "shards" / f"run-{shard.index}-of-{shard.count}.json",
@@ -534,6 +544,19 @@ def _recorded_failures(store: FeatureStore, feature_set: str, corpus: Corpus, sc
 
 def _clip_notes(feature_set: str, screening: Screening) -> list[Failure]:
     return [Failure(feature_set, d, u, note) for u, (d, note) in screening.clipped.items()]
+
+
+def _start_cut(work: Corpus, context: RunContext, config: ExtractConfig, screening: Screening, *,
+               beside: bool) -> CutJob:
+    """Start cutting ``work``; with ``beside``, at the lowest priority beside the stages that follow."""
+    return CutJob(work, context.media, context.store.clips_dir, workers=config.run.cut_workers,
+                  progress=config.run.progress, screening=screening, beside=beside)
+
+
+def _cut_record(cut: CutJob, failures: list[Failure], store: FeatureStore | None) -> dict:
+    entry = {"seconds": round(cut.seconds, 3), "failed": len(failures), "beside_other_stages": cut.beside,
+             "peak_rss_mb": round(peak_rss_mb())}
+    return {**entry, "clips": str(store.clips_dir)} if store else entry
 
 
 def _stage_record(report, stage: Stage) -> dict:
