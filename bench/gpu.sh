@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end benchmark on a CUDA GPU (bf16 autocast), then 4 shards side by side on the same GPU,
 # then the detection-schedule agreement there. Writes bench/results.json keys end_to_end_cuda,
-# shards_cuda and asd_agreement (other keys kept) and prints the peak GPU memory in use while the
+# shards_cuda and asd_agreement_cuda (other keys kept) and prints the peak GPU memory in use while the
 # pipeline ran (nvidia-smi sampled every 0.5 s).
 #   bash bench/gpu.sh [extra bench_pipeline.py options, e.g. --copies 20]
 set -euo pipefail
