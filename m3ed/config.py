@@ -109,7 +109,8 @@ class RunOptions:
                                        "OMP_NUM_THREADS or all cores; recorded in run.json). On a machine shared "
                                        "with other work, fewer threads than cores run faster (README, Benchmarks). "
                                        "MTCNN always uses one", flag="--threads", metavar="N")
-    cut_workers: int = option(2, "parallel ffmpeg processes for the cut stage (default: %(default)s)",
+    cut_workers: int = option(2, "parallel ffmpeg processes for the cut stage (default: %(default)s). Followed by "
+                                 "other stages, the cut runs beside them at the lowest CPU priority",
                               flag="--cut-workers", metavar="N")
     keep_parts: bool = option(False, "keep per-dialogue part files after publishing", flag="--keep-parts")
     overhang: str = option("fail", "an utterance that runs past its dialogue's end: fail (recorded in "

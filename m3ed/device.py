@@ -103,10 +103,11 @@ def freed_buffers_kept(limit_mb: int = 1024):
 
     glibc maps every allocation over 32 MB afresh and unmaps it when freed, so the next tensor of
     that size page-faults its way through new zeroed memory. Light-ASD's activations (400 MB for
-    250 frames) spent a third of their time in the kernel doing that: its front-end 3.4 -> 2.1 s,
-    the sample's scoring 12.0 -> 8.6 s. Only for steps whose working set is bounded: kept for a
-    whole run, the heap's fragments raised the 9.8-minute dialogue's asd peak from 4 to 6 GB.
-    Elsewhere than glibc, nothing changes."""
+    250 frames) spent a third of their time in the kernel doing that (its front-end: 3.4 -> 2.1 s
+    with the buffers kept). Use it around one bounded step, such as one model call (the sample's
+    ASD scoring: 7.0 -> 6.1 s): kept for a whole run, the heap's fragments raised the 9.8-minute
+    dialogue's asd peak from 4 to 6 GB. Process-wide and not reentrant; elsewhere than glibc,
+    nothing changes."""
     if _MALLOPT is None:
         yield
         return

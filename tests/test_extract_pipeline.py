@@ -148,3 +148,28 @@ def test_rerun_of_a_finished_run_keeps_everything(tmp_path, sample_corpus, model
     # A run of another stage keeps the text stage's failures on record.
     assert extract_main(argv[:5] + ["cut"] + argv[6:] + ["--videos", str(REPO / "samples" / "videos")]) == 0
     assert b"empty text" in (tmp_path / "out" / "failures.jsonl").read_bytes()
+
+
+def test_cut_runs_beside_the_stages_after_it(tmp_path, sample_corpus, models_cache):
+    """Followed by other stages, the cut overlaps them and is waited for before the run is recorded."""
+    from m3ed.media import probe
+    from m3ed.pipelines.cli import extract_main
+
+    d = sample_corpus["sampleval_1"]
+    corpus_path = tmp_path / "corpus.jsonl"
+    Corpus((d,)).to_jsonl(corpus_path)
+    common = ["--annotations", str(corpus_path), "--profile", "tiny", "--device", "cpu", "--no-progress",
+              "--videos", str(REPO / "samples" / "videos")]
+    assert extract_main(common + ["--out", str(tmp_path / "both"), "--stages", "cut,text"]) == 0
+    assert extract_main(common + ["--out", str(tmp_path / "alone"), "--stages", "cut"]) == 0
+    both = json.loads((tmp_path / "both" / "run.json").read_text())
+    alone = json.loads((tmp_path / "alone" / "run.json").read_text())
+    assert list(both["stages"]) == ["cut", "text"]
+    assert both["stages"]["cut"]["beside_other_stages"] is True and alone["stages"]["cut"]["beside_other_stages"] is False
+    assert both["seconds"] >= max(both["stages"]["text"]["seconds"], both["stages"]["cut"]["seconds"])
+    clips = sorted(p.relative_to(tmp_path / "both") for p in (tmp_path / "both" / "clips").rglob("*.*"))
+    assert clips == sorted(p.relative_to(tmp_path / "alone") for p in (tmp_path / "alone" / "clips").rglob("*.*"))
+    assert len(clips) == 1 + 2 * len(d.utterances)   # the dialogue, and each utterance's .mp4 and .wav
+    for utterance in d.utterances:
+        clip = tmp_path / "both" / "clips" / "utterances" / d.show / f"{utterance.id}.mp4"
+        assert abs(probe(clip).duration - utterance.duration) < 0.1

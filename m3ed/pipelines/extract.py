@@ -318,6 +318,7 @@ def _run_locked(corpus: Corpus, context: RunContext, config: ExtractConfig, *, r
     screening = screen(context.corpus, work, context.media, run.overhang)
     if shard:
         return _run_shard(context, work, config, screening, shard)
+    started = time.perf_counter()
     record = {
         "package_version": __version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": config.to_dict(), "versions": _versions(), "stages": {}, "complete": False,
@@ -372,6 +373,7 @@ def _run_locked(corpus: Corpus, context: RunContext, config: ExtractConfig, *, r
     record["refused_utterances"] = sorted(screening.bad_times)
     record["complete"] = True
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["seconds"] = round(time.perf_counter() - started, 3)   # the stages' wall time (the cut overlaps)
     if read_only:
         if failures != previous:
             raise ConfigurationError(f"{store.root}: not writable, and this run's failures differ from failures.jsonl")

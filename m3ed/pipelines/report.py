@@ -120,6 +120,8 @@ def run_section(record: dict, corpus: Corpus) -> dict:
         timed = seconds > 0 and done > 0
         stages.append({
             "stage": name, "seconds": seconds, "dialogues_done": stage.get("dialogues_done"),
+            # the cut may run beside the other stages: then its seconds overlap theirs
+            "beside_other_stages": bool(stage.get("beside_other_stages", False)),
             "dialogues_skipped": stage.get("dialogues_skipped"), "dialogues_failed": len(stage.get("dialogues_failed", [])),
             "reused": bool(stage.get("reused", False)), "media_seconds": round(media * done, 3),
             "real_time_factor": round(seconds / (media * done), 4) if timed and media else None,
@@ -129,7 +131,7 @@ def run_section(record: dict, corpus: Corpus) -> dict:
             "finished": record.get("finished"), "complete": record.get("complete"),
             "config": record.get("config", {}), "versions": record.get("versions", {}),
             "dialogues": len(corpus), "utterances": utterances, "media_seconds": round(media, 3),
-            "total_seconds": round(sum(s["seconds"] for s in stages), 3), "stages": stages}
+            "total_seconds": record.get("seconds", round(sum(s["seconds"] for s in stages), 3)), "stages": stages}
 
 
 def feature_section(path: Path, corpus: Corpus, failures: list[Failure]) -> dict:
@@ -422,8 +424,9 @@ def _figures(items: list[tuple[str, str]]) -> str:
 
 def _run_html(run: dict) -> str:
     stages = _table(["stage", "seconds", "real-time factor", "utterances/s", "dialogues done", "skipped", "failed", "reused"],
-                    [[s["stage"], s["seconds"], s["real_time_factor"], s["utterances_per_second"], s["dialogues_done"],
-                      s["dialogues_skipped"], s["dialogues_failed"], "yes" if s["reused"] else "no"] for s in run["stages"]],
+                    [[s["stage"] + (" (beside the others)" if s["beside_other_stages"] else ""), s["seconds"],
+                      s["real_time_factor"], s["utterances_per_second"], s["dialogues_done"], s["dialogues_skipped"],
+                      s["dialogues_failed"], "yes" if s["reused"] else "no"] for s in run["stages"]],
                     "stages")
     options = {f"{section}.{k}" if isinstance(values, dict) else section: v
                for section, values in run["config"].items()
@@ -432,7 +435,7 @@ def _run_html(run: dict) -> str:
                                           for k, v in options.items()], left=2)
     versions = _table(["library", "version"], [[k, v] for k, v in sorted(run["versions"].items())], left=2)
     return (f"<h2>Run</h2><p>package {_e(run['package_version'])}, started {_e(run['started'])}, finished "
-            f"{_e(run['finished'])}, total stage time {run['total_seconds']:.1f} s. Real-time factor: stage seconds per "
+            f"{_e(run['finished'])}, {run['total_seconds']:.1f} s in all. Real-time factor: stage seconds per "
             f"second of dialogue processed.</p>{stages}<details><summary>configuration</summary>{config}</details>"
             f"<details><summary>versions</summary>{versions}</details>")
 
