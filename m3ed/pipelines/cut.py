@@ -143,7 +143,7 @@ class CutJob:
         self._finished = self.started
         for future in self._futures:
             future.add_done_callback(self._note_finish)
-        self._progress = progress and not beside   # a second bar would garble the stages' own
+        self._progress = progress   # its bar appears once waited for: after the stages' own
 
     def wait(self) -> list[Failure]:
         """Block until every dialogue is cut; the failures in corpus order (DiskFull is raised)."""
