@@ -1,6 +1,8 @@
 """The main job: run the stages over a corpus and write the output directory.
 
-Stages run one after another (one large model resident at a time). Each stage sees fixed groups of
+Stages run one after another (one large model resident at a time); the cut, which loads no model,
+runs beside the stages after it at the lowest CPU priority (:class:`m3ed.pipelines.cut.CutJob`)
+and is waited for before the run is recorded. Each stage sees fixed groups of
 consecutive dialogues; finished dialogues are skipped on a re-run, failed ones are retried, and the
 feature files are assembled from the finished parts (and the dialogues already published) when the
 stage ends. Before any work the run takes the output directory's lock, removes what killed writers
