@@ -94,6 +94,7 @@ def trim_heap() -> None:
 #: freed, and the heap's top is trimmed past 64 MB.
 _GLIBC_MMAP_MAX, _GLIBC_TRIM_MAX = 32 * 2 ** 20, 64 * 2 ** 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # mallopt's parameter numbers (malloc.h)
+_INT_MAX = 2 ** 31 - 1
 
 
 @contextlib.contextmanager
@@ -106,13 +107,15 @@ def freed_buffers_kept(limit_mb: int = 1024):
     250 frames) spent a third of their time in the kernel doing that (its front-end: 3.4 -> 2.1 s
     with the buffers kept). Use it around one bounded step, such as one model call (the sample's
     ASD scoring: 7.0 -> 6.1 s): kept for a whole run, the heap's fragments raised the 9.8-minute
-    dialogue's asd peak from 4 to 6 GB. Process-wide and not reentrant; elsewhere than glibc,
-    nothing changes."""
+    dialogue's asd peak from 4 to 6 GB. torch allocates with ``posix_memalign``, whose chunks glibc
+    reuses less reliably than ``malloc``'s, so part of the faults remain. Process-wide and not
+    reentrant; elsewhere than glibc, nothing changes."""
     if _MALLOPT is None:
         yield
         return
-    _MALLOPT(_M_MMAP_THRESHOLD, limit_mb * 2 ** 20)
-    _MALLOPT(_M_TRIM_THRESHOLD, 2 * limit_mb * 2 ** 20)
+    limit = min(limit_mb * 2 ** 20, _INT_MAX // 2)   # mallopt takes a C int
+    _MALLOPT(_M_MMAP_THRESHOLD, limit)
+    _MALLOPT(_M_TRIM_THRESHOLD, 2 * limit)
     try:
         yield
     finally:
