@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import REPO, merge_results, table
+from common import REPO, device_key, merge_results, table
 
 from m3ed.asd.assign import AssignParams, assign_speakers, utterance_frames
 from m3ed.asd.crop import TrackCrops
@@ -280,7 +280,7 @@ def main() -> None:
                "track_frames_ref", "speaker_same", "speaker_same_as_first", "detect_s", "detect_speedup", "score_s", "embed_s",
                "faces_embedded"]
     print(table(rows, columns))
-    merge_results("asd_agreement" if args.device == "cpu" else f"asd_agreement_{args.device.split(':')[0]}", {
+    merge_results(device_key("asd_agreement", args.device), {
         "reference": "MTCNN every frame at native size", "device": args.device, "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(), "load_average_1min": [round(load, 2), round(os.getloadavg()[0], 2)],
         "seconds": round(time.perf_counter() - started, 1), "rows": rows})

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, merge_results, subprocess_env, table
+from common import REPO, device_key, merge_results, subprocess_env, table
 
 STAGES = ("cut", "text", "audio", "asd", "visual")
 # The reference's ASD settings: detection on every frame at native size with MTCNN's own pyramid,
@@ -183,7 +183,7 @@ def main() -> None:
     print("stage rows: the stage's own seconds; peak_rss_mb: the process's peak up to the stage's end. "
           "cut runs beside the later stages at idle priority, so its seconds overlap theirs; naive cuts alone. "
           "End to end: the whole process (start-up and model loading included).")
-    merge_results("end_to_end" if args.device == "cpu" else f"end_to_end_{args.device.split(':')[0]}", result)
+    merge_results(device_key("end_to_end", args.device), result)
 
 
 if __name__ == "__main__":

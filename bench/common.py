@@ -28,6 +28,11 @@ def merge_results(key: str, value) -> None:
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def device_key(name: str, device: str) -> str:
+    """The results key of a benchmark run on ``device``: ``name`` on the CPU, ``name_cuda`` on a GPU."""
+    return name if device == "cpu" else f"{name}_{device.split(':')[0]}"
+
+
 def long_episode(path: Path, seconds: float = 60.0, height: int = 720) -> Path:
     """A longer episode at a realistic resolution: the sample's main episode looped and upscaled."""
     from m3ed.media import ffmpeg_exe

@@ -115,6 +115,7 @@ def test_run_corpus_and_failure_numbers_match_their_files(run_out, report):
     dialogues = _manifest(run_out)
     media = sum(d["end"] - d["start"] for d in dialogues)
     utterances = sum(len(d["utterances"]) for d in dialogues)
+    assert data["run"]["total_seconds"] == record["seconds"]   # the run's wall time, not a sum
     for name, stage in stages.items():
         seconds = record["stages"][name]["seconds"]
         assert stage["seconds"] == seconds
@@ -187,3 +188,17 @@ def test_chromium_shows_the_report_without_console_errors(run_out, report, tmp_p
     assert stage_rows and stage_rows.group(0).count("<tr>") == 1 + len(STAGES)
     decoded = [int(m) for m in re.findall(r"decoded images: (\d+)", dom.stderr)]
     assert decoded and decoded[0] >= 5 and decoded[0] == dom.stdout.count("<img ")
+
+
+def test_a_cut_beside_the_stages_is_labelled_and_not_added_to_the_run_time():
+    from m3ed.corpus import Corpus
+    from m3ed.pipelines.report import _run_html, run_section
+
+    record = {"seconds": 30.0, "started": "s", "finished": "f", "package_version": "0", "config": {}, "versions": {},
+              "stages": {"cut": {"seconds": 29.0, "beside_other_stages": True},
+                         "text": {"seconds": 20.0, "dialogues_done": 0}}}
+    run = run_section(record, Corpus(()))
+    assert [(s["stage"], s["beside_other_stages"]) for s in run["stages"]] == [("cut", True), ("text", False)]
+    assert run["total_seconds"] == 30.0
+    html = _run_html(run)
+    assert "cut (beside the others)" in html and "text (beside" not in html and "30.0 s in all" in html
