@@ -140,16 +140,15 @@ print("RESULT " + json.dumps(out))
     return json.loads(line[len("RESULT "):])
 
 
-def floor(manifest: Path, work: Path, device: str, extra: list[str], env: dict) -> dict:
+def floor(manifest: Path, work: Path, device: str, extra: list[str], env: dict) -> tuple[dict, dict]:
     """Per stage, the seconds no schedule of our computation can go under (``bench/model_time.py``):
     the networks' calls replayed alone; for the cut, its ffmpeg CPU seconds over the cores."""
     stages = ",".join(s for s in STAGES if s != "cut")
-    record = work / "floor.json"
-    extract(manifest, work / "floor", stages, device, extra, env, [*MODEL_TIME, str(record)])
-    models = json.loads(record.read_text())
-    extract(manifest, work / "floor-cut", "cut", device, extra, env, [*MODEL_TIME, str(record)])
-    cut = json.loads(record.read_text())
-    return {"cut": cut["cut_cpu_s"] / os.cpu_count(), **models["floor_s"]}
+    extract(manifest, work / "floor", stages, device, extra, env, [*MODEL_TIME, str(work / "floor.json")])
+    models = json.loads((work / "floor.json").read_text())
+    extract(manifest, work / "floor-cut", "cut", device, extra, env, [*MODEL_TIME, str(work / "floor-cut.json")])
+    cut = json.loads((work / "floor-cut.json").read_text())
+    return {"cut": cut["cut_cpu_s"] / os.cpu_count(), **models["floor_s"]}, models["floor_by_network_s"]
 
 
 def main() -> None:
@@ -175,7 +174,7 @@ def main() -> None:
     naive["asd"] = extract(work / "naive.csv", work / "naive", "asd", args.device,
                            [*device, *NAIVE_ASD], env)["stages"]["asd"]["stage_s"]
     naive["visual"] = ours["visual"]["stage_s"] * naive_seconds / seconds
-    floors = floor(work / "naive.csv", work, args.device, device, env)
+    floors, floors_by_network = floor(work / "naive.csv", work, args.device, device, env)
 
     rows = []
     for stage in STAGES:
@@ -196,6 +195,7 @@ def main() -> None:
         "naive_footage_s": round(naive_seconds, 1), "naive_rtf": round(naive_total_rtf, 3),
         "speedup_vs_naive": round(naive_total_rtf / (total / seconds), 2),
         "floor_rtf": round(floor_rtf, 3), "max_speedup_vs_naive": round(naive_total_rtf / floor_rtf, 2),
+        "floor_by_network_s": floors_by_network,
         "stages": ours, "profile": "paper-random (ASD: Light-ASD shipped weights)", "device": args.device,
         "precision": args.precision, "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
     }

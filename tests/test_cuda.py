@@ -60,3 +60,24 @@ def test_bf16_runs_every_stage_with_finite_features(tmp_path, on_cpu):
             assert value.shape == on_cpu[name][key].shape or name.startswith(("speaker_faces", "denseface")), f"{name}/{key}"
             if value.dtype.kind == "f" and not name.startswith("speaker_faces"):
                 assert np.isfinite(value).all(), f"{name}/{key} has non-finite values under bf16"
+
+
+def test_mtcnn_with_batched_crops_on_the_gpu_finds_facenet_pytorchs_faces(sample_paths, sample_corpus):
+    """On CUDA the detector batches MTCNN's candidate crops (m3ed.asd.mtcnn); facenet-pytorch's own
+    cascade on the same GPU must find the same faces (its CUDA resampling may round differently)."""
+    from m3ed.asd.detect import DetectionParams, FaceDetector
+    from m3ed.locate import MediaSource
+
+    media = MediaSource(sample_paths["videos"])
+    frames = np.concatenate(list(media.frames(media.locate(sample_corpus[DIALOGUE]), chunk=64)))[::25][:16]
+    detector = FaceDetector(DetectionParams(height=None), "cuda")
+    ours = detector.detect(frames)
+    with torch.inference_mode():
+        boxes, probs = detector.mtcnn.detect(np.ascontiguousarray(frames))
+    assert sum(len(f) for f in ours) >= len(frames)
+    for faces, b, p in zip(ours, boxes, probs):
+        theirs = np.zeros((0, 5), np.float32) if b is None else np.concatenate(
+            [np.asarray(list(b), np.float32).reshape(-1, 4), np.asarray(list(p), np.float32).reshape(-1, 1)], axis=1)
+        theirs = theirs[theirs[:, 4] >= 0.9]
+        assert faces.shape == theirs.shape
+        np.testing.assert_allclose(faces, theirs, atol=1e-2)
