@@ -70,6 +70,20 @@ def _stage_crops(integral: torch.Tensor, boxes: torch.Tensor, image_inds: torch.
     return (crops - 127.5) * 0.0078125, boxes[kept], image_inds[kept]
 
 
+def _refine(net, integral: torch.Tensor, boxes: torch.Tensor, image_inds: torch.Tensor, width: int, height: int,
+            size: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One refinement stage: the boxes whose crops ``net`` scores above ``threshold``, as rows
+    ``x1, y1, x2, y2, score``, their frames and their box regressions."""
+    im_data, boxes, image_inds = _stage_crops(integral, boxes, image_inds, width, height, size)
+    if len(boxes) == 0:
+        return boxes[:, :5], image_inds, boxes.new_zeros((0, 4))
+    out = fixed_batch_process(im_data, net)
+    score = out[-1].permute(1, 0)[1, :]   # class probabilities come last (R-net: 2 outputs, O-net: 3)
+    ipass = score > threshold
+    regression = out[0].permute(1, 0)[:, ipass].permute(1, 0)
+    return torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1), image_inds[ipass], regression
+
+
 def detect_face(frames: np.ndarray, minsize: int, pnet, rnet, onet, threshold, factor,
                 device: torch.device) -> list[np.ndarray]:
     """facenet-pytorch's ``detect_face`` on ``[n,H,W,3]`` uint8 frames: per frame ``[k,5]`` float32
@@ -111,30 +125,13 @@ def detect_face(frames: np.ndarray, minsize: int, pnet, rnet, onet, threshold, f
     boxes = rerec(boxes)
 
     integral = integral_images(frames_u8) if len(boxes) else None
-    # second stage: the R-net on 24x24 crops
-    if len(boxes) > 0:
-        im_data, boxes, image_inds = _stage_crops(integral, boxes, image_inds, w, h, 24)
-    if len(boxes) > 0:
-        out = fixed_batch_process(im_data, rnet)
-        score = out[1].permute(1, 0)[1, :]
-        ipass = score > threshold[1]
-        boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-        image_inds = image_inds[ipass]
-        mv = out[0].permute(1, 0)[:, ipass].permute(1, 0)
+    if len(boxes) > 0:   # second stage: the R-net on 24x24 crops
+        boxes, image_inds, mv = _refine(rnet, integral, boxes, image_inds, w, h, 24, threshold[1])
         pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
         boxes, image_inds, mv = boxes[pick], image_inds[pick], mv[pick]
         boxes = rerec(bbreg(boxes, mv))
-
-    # third stage: the O-net on 48x48 crops
-    if len(boxes) > 0:
-        im_data, boxes, image_inds = _stage_crops(integral, boxes, image_inds, w, h, 48)
-    if len(boxes) > 0:
-        out = fixed_batch_process(im_data, onet)
-        score = out[2].permute(1, 0)[1, :]
-        ipass = score > threshold[2]
-        boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-        image_inds = image_inds[ipass]
-        mv = out[0].permute(1, 0)[:, ipass].permute(1, 0)
+    if len(boxes) > 0:   # third stage: the O-net on 48x48 crops
+        boxes, image_inds, mv = _refine(onet, integral, boxes, image_inds, w, h, 48, threshold[2])
         boxes = bbreg(boxes, mv)
         pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
         boxes, image_inds = boxes[pick], image_inds[pick]
