@@ -22,7 +22,7 @@ Thresholds (named in :class:`DetectionParams`):
   demo's ``conf_th=0.9`` for its S3FD detector.
 - ``scale_factor`` 0.709: the pyramid step (MTCNN's default). With ``min_face_size`` it sets
   the P-net's work and the number of candidate boxes the R- and O-nets check, most of MTCNN's time.
-  0.5 halves detection time (README, Detection schedule), but then the R- and O-nets often get
+  0.5 takes about a quarter off detection (README, Detection schedule), but then the R- and O-nets often get
   fewer than 16 candidates, where PyTorch runs other kernels whose rounding depends on how many
   frames share a batch: detections would then depend on the frame cache's size.
 

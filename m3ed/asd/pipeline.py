@@ -295,7 +295,7 @@ class AsdOptions:
     detect_min_face: int = option(DetectionParams.min_face_size, "smallest face MTCNN looks for, pixels at the "
                                   "detection height (default: %(default)s)", flag="--detect-min-face", metavar="PX")
     detect_scale_factor: float = option(DetectionParams.scale_factor, "MTCNN's image-pyramid step (default: "
-                                        "%(default)s, MTCNN's own; 0.5 detects in about half the time)",
+                                        "%(default)s, MTCNN's own; 0.5 detects in about three quarters of the time)",
                                         flag="--detect-scale-factor", metavar="F")
     mode: str = option(ScoreParams.mode, "single: one pass per track; multi: the reference's average over 1-6 s "
                                          "chunks (6x cost)", choices=SCORE_MODES)
