@@ -26,8 +26,10 @@ The floor, on the naive's copy with our settings (``bench/model_time.py``): per 
 networks' calls replayed back to back with nothing else running (``floor_rtf``); for the cut,
 the CPU seconds of its ffmpeg processes spread over the machine's cores. The stages' floors add
 up to the time the networks alone need, one stage after another; the cut is left out of that sum
-(it can run in the cycles the networks leave idle), so the sum is a floor for the whole run, and
-``max_speedup_vs_naive`` (naive's real-time factor over it) a ceiling.
+(it can run in the cycles the networks leave idle). The sum estimates the floor of the whole run,
+and ``max_speedup_vs_naive`` (naive's real-time factor over it) the ceiling on the speed-up; an
+estimate, not a bound: it is measured on one copy, and batching over more dialogues (ours) can
+go a little under it, and it moves with the machine's load like every other figure.
 
 Writes ``bench/results.json`` key ``end_to_end`` (other keys kept) and prints the table.
 """
@@ -141,8 +143,8 @@ print("RESULT " + json.dumps(out))
 
 
 def floor(manifest: Path, work: Path, device: str, extra: list[str], env: dict) -> tuple[dict, dict]:
-    """Per stage, the seconds no schedule of our computation can go under (``bench/model_time.py``):
-    the networks' calls replayed alone; for the cut, its ffmpeg CPU seconds over the cores."""
+    """Per stage, the floor estimate of ``bench/model_time.py`` (the networks' calls replayed alone;
+    for the cut, its ffmpeg CPU seconds over the cores), and the replay's seconds per network."""
     stages = ",".join(s for s in STAGES if s != "cut")
     extract(manifest, work / "floor", stages, device, extra, env, [*MODEL_TIME, str(work / "floor.json")])
     models = json.loads((work / "floor.json").read_text())

@@ -68,14 +68,18 @@ class ModelClock:
         with self._lock:
             self.recorded.append((self.stage, function, _copy(args), _copy(kwargs), torch.get_num_threads()))
 
+    def call(self, function, args: tuple, kwargs: dict):
+        """``function(*args, **kwargs)``, recorded for the replay and timed."""
+        self.record(function, args, kwargs)
+        self.enter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            self.leave()
+
     def timed(self, function):
         def wrapper(*args, **kwargs):
-            self.record(function, args, kwargs)
-            self.enter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.leave()
+            return self.call(function, args, kwargs)
         wrapper.__wrapped__ = function
         return wrapper
 
@@ -99,12 +103,7 @@ def instrument(clock: ModelClock) -> None:
     def call(module, *args, **kwargs):
         if not isinstance(module, roots):
             return module_call(module, *args, **kwargs)
-        clock.record(module_call, (module, *args), kwargs)
-        clock.enter()
-        try:
-            return module_call(module, *args, **kwargs)
-        finally:
-            clock.leave()
+        return clock.call(module_call, (module, *args), kwargs)
 
     torch.nn.Module.__call__ = call
     for owner, name in ((AudioVisualASD, "logits"), (LightASD, "fused_logits"), (DenseNetFER, "forward_features")):

@@ -124,8 +124,8 @@ def detect_face(frames: np.ndarray, minsize: int, pnet, rnet, onet, threshold, f
                          boxes[:, 4]]).permute(1, 0)
     boxes = rerec(boxes)
 
-    integral = integral_images(frames_u8) if len(boxes) else None
     if len(boxes) > 0:   # second stage: the R-net on 24x24 crops
+        integral = integral_images(frames_u8)   # the crops of both stages come from it
         boxes, image_inds, mv = _refine(rnet, integral, boxes, image_inds, w, h, 24, threshold[1])
         pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
         boxes, image_inds, mv = boxes[pick], image_inds[pick], mv[pick]
