@@ -81,3 +81,19 @@ def test_mtcnn_with_batched_crops_on_the_gpu_finds_facenet_pytorchs_faces(sample
         theirs = theirs[theirs[:, 4] >= 0.9]
         assert faces.shape == theirs.shape
         np.testing.assert_allclose(faces, theirs, atol=1e-2)
+
+
+def test_mtcnn_on_the_gpu_gives_each_frame_the_faces_it_has_alone(sample_paths, sample_corpus):
+    """The same-results contract on a GPU: fixed call shapes make a frame's faces independent of
+    the frames detected with it (so the frame cache and batch size cannot change the asd output)."""
+    from m3ed.asd.detect import DetectionParams, FaceDetector
+    from m3ed.locate import MediaSource
+
+    media = MediaSource(sample_paths["videos"])
+    frames = np.concatenate(list(media.frames(media.locate(sample_corpus[DIALOGUE]), chunk=64)))[::25][:16]
+    detector = FaceDetector(DetectionParams(height=240), "cuda")
+    small = detector.rescale(frames)
+    together = detector.detect_rescaled(small, 1.0)
+    alone = [detector.detect_rescaled(small[i:i + 1], 1.0)[0] for i in range(len(small))]
+    assert sum(len(f) for f in together) >= len(frames)
+    assert all(np.array_equal(a, b) for a, b in zip(together, alone))

@@ -22,9 +22,11 @@ Thresholds (named in :class:`DetectionParams`):
   demo's ``conf_th=0.9`` for its S3FD detector.
 - ``scale_factor`` 0.709: the pyramid step (MTCNN's default). With ``min_face_size`` it sets
   the P-net's work and the number of candidate boxes the R- and O-nets check, most of MTCNN's time.
-  0.5 takes about a quarter off detection (README, Detection schedule), but then the R- and O-nets often get
-  fewer than 16 candidates, where PyTorch runs other kernels whose rounding depends on how many
-  frames share a batch: detections would then depend on the frame cache's size.
+  0.5 takes about a quarter off detection (see the docs' detection-schedule table).
+
+A frame's faces depend on that frame alone, never on the frames detected with it
+(:mod:`m3ed.asd.mtcnn` gives every network call a fixed shape): the batch size, the side-by-side
+workers and the ASD frame cache are work division only, and cannot change the output.
 
 MTCNN's max pools run on channels-last copies (:class:`_ChannelsLastMaxPool`): the same values
 bit for bit, a quarter of the time of PyTorch's channels-first kernel on CPU.
@@ -146,8 +148,7 @@ class FaceDetector:
     def detect_batches(self, batches: Sequence[np.ndarray], scale: float) -> list[list[np.ndarray]]:
         """:meth:`detect_rescaled` of each batch. On CPU the calls run side by side, one per torch
         thread of the run, each on one thread (:func:`m3ed.device.side_by_side`): 1.8x faster on 2
-        cores than one call after another. A batch's faces do not depend on the thread that
-        computes it, only on the frames that share its MTCNN call, which stay the same."""
+        cores than one call after another. Each frame's faces depend on that frame alone."""
         call = partial(self._call, scale=scale)
         if len(batches) > 1:
             return side_by_side(call, batches, self.device)
@@ -162,14 +163,10 @@ class FaceDetector:
         return [self._faces(faces, scale) for faces in found]
 
     def _mtcnn(self, frames: np.ndarray) -> list[np.ndarray]:
-        """MTCNN's faces per frame, ``[k,5]`` float32 at the detection size, largest first."""
+        """MTCNN's faces per frame, ``[k,5]`` float32 at the detection size, largest first; each
+        frame's from that frame alone (:mod:`m3ed.asd.mtcnn`)."""
         m = self.mtcnn
-        if self.device.type == "cuda":   # candidate crops batched: the same faces, far fewer kernel launches
-            return detect_face(frames, m.min_face_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor, self.device)
-        boxes, probs = m.detect(np.ascontiguousarray(frames))
-        return [NO_FACES if b is None else np.concatenate([np.asarray(list(b), np.float32).reshape(-1, 4),
-                                                           np.asarray(list(p), np.float32).reshape(-1, 1)], axis=1)
-                for b, p in zip(boxes, probs)]
+        return detect_face(frames, m.min_face_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor, self.device)
 
     def _faces(self, faces: np.ndarray, scale: float) -> np.ndarray:
         faces = np.concatenate([faces[:, :4] / scale, faces[:, 4:]], axis=1)
@@ -204,7 +201,7 @@ class Detections:
 
     The chunk's frames on the grid are rescaled at once and wait (small) until every worker of the
     detector has a full batch; reading :attr:`faces` (or :meth:`frames`) detects what still waits.
-    Batches always start at multiples of the batch size, so the faces do not depend on the workers.
+    A frame's faces do not depend on the batch it was detected in (:mod:`m3ed.asd.mtcnn`).
     """
 
     def __init__(self, every: int = 1):
