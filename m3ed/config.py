@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,11 @@ class CorpusOptions:
     strict: bool = option(False, "treat timecode anomalies and annotation problems as errors", flag="--strict")
     dialogues: tuple[str, ...] | None = option(None, "comma-separated dialogue ids to process (default: all)",
                                                flag="--dialogues", type=_comma_list, metavar="IDS")
+
+    def __post_init__(self):
+        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0):
+            raise ConfigurationError(f"--fps {self.fps}: the frame rate must be a positive number (the M3ED "
+                                     f"release's timecodes are {DEFAULT_FPS:g} fps)")
 
     def resolved(self) -> "CorpusOptions":
         """Without ``annotations``: the bundled sample's files."""
@@ -134,6 +140,28 @@ class RunOptions:
             raise ConfigurationError(f"--threads {self.threads}: must be >= 1")
         if self.cut_workers < 1:
             raise ConfigurationError(f"--cut-workers {self.cut_workers}: must be >= 1")
+        if self.stages is not None and not self.stages:   # `--stages ''` must not mean every stage
+            raise ConfigurationError(f"--stages names no stage; choose from {','.join(stage_names())} "
+                                     f"(or leave the option out for all)")
+
+
+def check_device(device: str) -> str:
+    """``device`` when this machine has it; else a configuration error saying what it has."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigurationError(f"--device {device!r}: not a device ({e}); use cpu, cuda or cuda:N") from e
+    if parsed.type not in ("cpu", "cuda"):
+        raise ConfigurationError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if parsed.type == "cuda" and torch.cuda.is_available() else 0
+    if parsed.type == "cuda" and count == 0:
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ConfigurationError(f"--device {device}: CUDA is not available on this machine ({why}); use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= count:
+        raise ConfigurationError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 @dataclass
@@ -176,15 +204,21 @@ class ExtractConfig:
 STAGE_SECTIONS = tuple(f.name for f in dataclasses.fields(ExtractConfig) if f.name not in ("corpus", "media", "run"))
 
 
-def load_corpus(options: CorpusOptions, *, log_problems: bool = True) -> Corpus:
+def load_corpus(options: CorpusOptions, *, log_problems: bool = True, refuse_broken_files: bool = True) -> Corpus:
     """The corpus the options name (the bundled sample without ``annotations``), only the chosen
-    ``dialogues``; annotation problems are logged, and stop here under ``strict``."""
+    ``dialogues``; annotation problems are logged, and stop here under ``strict``. Rows that belong
+    to no dialogue (broken JSON, an unterminated quote) stop here unless ``refuse_broken_files`` is
+    False (``m3ed validate`` lists them with the rest)."""
     from .loaders import load_corpus as load
     from .validate import validate
 
     options = options.resolved()
     path = Path(options.annotations)
     corpus = load(path, _path(options.relation), _path(options.splits), fps=options.fps, strict=options.strict)
+    broken = [p for p in corpus.problems if p.blocking and p.dialogue_id is None]
+    if broken and refuse_broken_files:   # rows of no dialogue: what they held would be lost unnoticed
+        raise ConfigurationError(f"{path}: {len(broken)} row(s) cannot be read, so no dialogue can be trusted "
+                                 f"whole; fix them and re-run:\n" + "\n".join(f"  {p}" for p in broken[:20]))
     if options.dialogues:
         missing = [d for d in options.dialogues if d not in {x.id for x in corpus}]
         if missing:

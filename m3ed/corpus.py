@@ -7,6 +7,7 @@ an output directory's ``manifest.jsonl``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -41,6 +42,32 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}"
+
+
+def dialogue_problems(dialogue: "Dialogue", located=lambda utterance: "") -> list[Problem]:
+    """What no stage can process in a dialogue's records, each a blocking problem: an utterance id
+    that cannot be a feature-file key, a time that is not a finite number, an empty speaker.
+    ``located(utterance)`` prefixes each message with where the record is (``"file:line: "``)."""
+    problems = []
+    for name, value in (("start", dialogue.start), ("end", dialogue.end)):
+        if value is not None and not _finite(value):
+            problems.append(Problem(dialogue.id, f"dialogue {name} {value!r} is not a finite number of seconds",
+                                    dialogue_id=dialogue.id, blocking=True))
+    for u in dialogue.utterances:
+        messages = []
+        if not u.id.strip() or "/" in u.id or u.id == ".":
+            messages.append(f"utterance id {u.id!r} cannot be a feature-file key (HDF5: no '/', not empty)")
+        messages += [f"{name} {value!r} is not a finite number of seconds"
+                     for name, value in (("start", u.start), ("end", u.end)) if not _finite(value)]
+        if not str(u.speaker).strip():
+            messages.append("the speaker is empty; every utterance needs one (its key or name)")
+        problems += [Problem(f"{dialogue.id}/{u.id}", located(u) + m, dialogue_id=dialogue.id, blocking=True)
+                     for m in messages]
+    return problems
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -140,15 +167,18 @@ class Corpus:
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> "Corpus":
-        dialogues = []
+        """Read what :meth:`to_jsonl` wrote; records that no stage can process become blocking problems."""
+        dialogues, problems = [], []
         with open(path, encoding="utf-8") as f:
             for line_number, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        dialogues.append(dialogue_from_dict(json.loads(line)))
-                    except (KeyError, TypeError, ValueError) as e:
-                        raise ValueError(f"{path}:{line_number}: not a dialogue record ({e})") from e
-        return cls(tuple(dialogues))
+                        dialogue = dialogue_from_dict(json.loads(line))
+                    except (AttributeError, KeyError, TypeError, ValueError) as e:
+                        raise ValueError(f"{path}:{line_number}: not a dialogue record ({type(e).__name__}: {e})") from e
+                    dialogues.append(dialogue)
+                    problems += dialogue_problems(dialogue, lambda u, n=line_number: f"{Path(path).name}:{n}: ")
+        return cls(tuple(dialogues), tuple(problems))
 
 
 def dialogue_to_dict(dialogue: Dialogue) -> dict:
@@ -160,10 +190,11 @@ def dialogue_to_dict(dialogue: Dialogue) -> dict:
 def dialogue_from_dict(record: dict) -> Dialogue:
     utterances = tuple(
         Utterance(
-            **{**u, "emotions": tuple(u.get("emotions", ())),
+            **{**u, "start": float(u["start"]), "end": float(u["end"]), "emotions": tuple(u.get("emotions", ())),
                "annotations": tuple(tuple(a) for a in u.get("annotations", ()))}
         )
         for u in record["utterances"]
     )
     speakers = {s["key"]: Speaker(**s) for s in record.get("speakers", [])}
-    return Dialogue(**{**record, "utterances": utterances, "speakers": speakers})
+    times = {k: None if record.get(k) is None else float(record[k]) for k in ("start", "end")}
+    return Dialogue(**{**record, **times, "utterances": utterances, "speakers": speakers})

@@ -74,7 +74,15 @@ class OutputLock:
             self._files.append(own)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "mode": self.mode, "shard": self.shard,
                   "command": self.command, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        self.holder_path.write_text(json.dumps(holder) + "\n", encoding="utf-8")
+        try:
+            self.holder_path.write_text(json.dumps(holder) + "\n", encoding="utf-8")
+        except OSError as e:
+            self.release()   # removes the holder file, however little of it was written
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                from .files import DiskFull   # m3ed.files imports this module
+
+                raise DiskFull(self.holder_path) from e
+            raise
         return self
 
     def release(self) -> None:
@@ -125,16 +133,21 @@ class OutputLock:
                 found.append(json.loads(path.read_text(encoding="utf-8")))
             except (OSError, json.JSONDecodeError):
                 continue
-        return [h for h in found if h.get("pid") != os.getpid() or h.get("host") != socket.gethostname()]
+        return [h for h in found if isinstance(h, dict)
+                and (h.get("pid") != os.getpid() or h.get("host") != socket.gethostname())]
 
     def _remove_dead_holders(self) -> None:
         host = socket.gethostname()
         for path in self.locks_dir.glob("*.json"):
             try:
                 holder = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                # Unreadable (e.g. cut short by a full disk): its name still says who wrote it.
+                name_host, _, pid = path.stem.rpartition("-")
+                holder = {"host": name_host, "pid": int(pid) if pid.isdigit() else 0}
+            if not isinstance(holder, dict):
                 continue
-            if holder.get("host") == host and not pid_alive(int(holder.get("pid", 0))):
+            if holder.get("host") == host and holder.get("pid") and not pid_alive(int(holder["pid"])):
                 path.unlink(missing_ok=True)
 
     def _conflict(self, what: str) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 from . import __version__
 from .catalogue import spec as catalogue_spec
 from .corpus import Corpus, Dialogue, dialogue_to_dict
-from .files import DiskFull, atomic_path, atomic_write_text, is_disk_full, quiet_disk_full_cleanup
+from .files import DiskFull, atomic_h5, atomic_write_text, is_disk_full, quiet_disk_full_cleanup
 
 __all__ = ["Failure", "FeatureStore", "FeatureReader", "config_hash", "dialogue_hash", "atomic_write_text",
            "DiskFull", "pad_frames"]
@@ -152,7 +152,7 @@ class FeatureStore:
         _check_arrays(feature_set, dialogue_id, arrays)
         path = self.part_path(feature_set, dialogue_id)
         size = sum(np.asarray(a).size * 4 for a in arrays.values())
-        with atomic_path(path, size_hint=size) as tmp, _h5_writing(tmp, size) as h5:
+        with atomic_h5(path, size_hint=size) as h5:
             for key, array in arrays.items():
                 h5.create_dataset(key, data=np.asarray(array, dtype=np.float32), track_times=False)
             h5.attrs["dialogue_id"] = dialogue_id
@@ -234,7 +234,7 @@ class FeatureStore:
         feature_set = attrs.get("feature_set", path.stem)
         dims: set[int] = set()
         held: dict[str, str] = {}
-        with atomic_path(path, size_hint=size) as tmp, _h5_writing(tmp, size) as out:
+        with atomic_h5(path, size_hint=size) as out:
             for dialogue, source in sources:
                 with h5py.File(source, "r") as h5:
                     for utterance in dialogue.utterances:

@@ -189,8 +189,9 @@ def make_synthetic(out_dir: str | Path, config: SyntheticConfig | None = None, *
         failures += lost
         for name, values in arrays.items():
             set_names.add(name)
-            store.write_part(name, dialogue.id, values, [f for f in lost if f.feature_set == name],
-                             config=digest)
+            if not store.is_done(name, dialogue.id, digest):   # a re-run after a full disk resumes
+                store.write_part(name, dialogue.id, values, [f for f in lost if f.feature_set == name],
+                                 config=digest)
     for name in sorted(set_names):
         store.publish(name, corpus, {"model_id": "synthetic", "synthetic": True, "config_hash": digest,
                                      "level": "frame" if name.endswith("_frame") else "utterance"})

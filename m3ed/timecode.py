@@ -9,6 +9,7 @@ anomaly is reported once with its location; ``strict=True`` turns anomalies into
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -30,11 +31,20 @@ class TimecodeParser:
     strict: bool = False
     anomalies: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0):
+            raise TimecodeError(f"frame rate {self.fps!r}: timecodes need a positive number of frames per second "
+                                f"(the M3ED release uses {DEFAULT_FPS:g})")
+
     def __call__(self, text: str | float | int, where: str = "") -> float:
         """Seconds for ``text`` (``HH:MM:SS:FF``, ``HH:MM:SS.mmm`` or a number of seconds)."""
+        if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+            raise TimecodeError(f"{where}: {text!r} is not a timecode HH:MM:SS:FF (a {type(text).__name__})")
         if isinstance(text, (int, float)):
+            if not math.isfinite(text):
+                raise TimecodeError(f"{where}: {text!r} is not a finite number of seconds")
             return float(text)
-        raw = str(text)
+        raw = text
         cleaned = re.sub(r"\s+", "", raw)
         if cleaned != raw.strip():
             self._anomaly(f"{where}: timecode {raw!r} contains spaces; read as {cleaned!r}")

@@ -232,7 +232,8 @@ class Trainer:
             save_tokenizer(self.processor, tmp)
         else:
             self.processor.save_pretrained(tmp)
-        torch.save(self.model.head.state_dict(), tmp / "classifier.pt")
+        with open(tmp / "classifier.pt", "wb") as f:   # to a file, not a path: torch's own writer hides a full disk
+            torch.save(self.model.head.state_dict(), f)
         record = {"modality": self.config.modality, "base_model": self.spec.name, "base_revision": self.spec.revision,
                   "labels": list(EMOTIONS), "pooling": "[CLS]" if self.config.modality == "text" else "last time step",
                   "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..corpus import Dialogue, Utterance
+from ..errors import ConfigurationError
 from ..options import option
 from ..stage import DialogueResult, RunContext, Stage, register_stage
 from ..store import Failure
@@ -54,6 +55,16 @@ class Encoded:
         return self.hidden[~self.special]
 
 
+def layer_index(layer: int, num_layers: int, model: str) -> int:
+    """The index into hidden_states of ``--text-layer`` (negative: from the last); a layer the model
+    lacks is a mistake of the whole run's configuration."""
+    index = layer + num_layers + 1 if layer < 0 else layer
+    if not 0 <= index <= num_layers:
+        raise ConfigurationError(f"--text-layer {layer}: {model} has layers 0 (embeddings) to {num_layers} "
+                                 f"(or -1 to -{num_layers + 1} from the last)")
+    return index
+
+
 class TextEncoder:
     """A tokenizer and an encoder on a device; encodes sentences in budgeted, length-sorted batches."""
 
@@ -70,9 +81,7 @@ class TextEncoder:
         """None for the last layer; else an index into hidden_states (0: embeddings, L: last)."""
         if layer is None:
             return None
-        index = layer + self.num_layers + 1 if layer < 0 else layer
-        if not 0 <= index <= self.num_layers:
-            raise ValueError(f"--text-layer {layer}: {self.spec.name} has layers 0 (embeddings) to {self.num_layers}")
+        index = layer_index(layer, self.num_layers, self.spec.name)
         return None if index == self.num_layers else index
 
     def _max_length(self) -> int:
@@ -185,6 +194,17 @@ class TextStage(Stage):
                             batch_tokens=options.batch_tokens, finetuned=options.finetuned,
                             special_tokens=options.special_tokens)
         return cls(config, context.device, context.precision)
+
+    def preflight(self) -> None:
+        super().preflight()
+        if self.config.layer is not None:   # found before any work, from the model's config alone
+            from transformers import AutoConfig
+
+            from ..profiles import load_pretrained
+
+            spec = self.config.model
+            model_config = load_pretrained(AutoConfig, spec.name, "text model", "--text-model", spec.revision)
+            layer_index(self.config.layer, int(model_config.num_hidden_layers), spec.name)
 
     def provenance(self) -> dict:
         return {"stage": self.name, **self.config.provenance()}

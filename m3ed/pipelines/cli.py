@@ -5,12 +5,15 @@ The CLI only fills configuration and calls the library; everything it does is al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import importlib
 import json
 import logging
+import signal
 import sys
+import threading
 import typing
 from collections import Counter
 from pathlib import Path
@@ -79,8 +82,9 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
     return ExtractConfig(**{name: options_from(args, cls, name) for name, cls in sections.items()})
 
 
-def load_corpus_from_args(args: argparse.Namespace, *, log_problems: bool = True) -> Corpus:
-    return load_corpus(options_from(args, CorpusOptions, "corpus"), log_problems=log_problems)
+def load_corpus_from_args(args: argparse.Namespace, *, log_problems: bool = True, refuse_broken_files: bool = True) -> Corpus:
+    return load_corpus(options_from(args, CorpusOptions, "corpus"), log_problems=log_problems,
+                       refuse_broken_files=refuse_broken_files)
 
 
 def media_from_args(args: argparse.Namespace) -> MediaSource:
@@ -169,10 +173,31 @@ def add_debug_argument(parser: argparse.ArgumentParser) -> None:
 USER_ERRORS = (ConfigurationError, LockError, MediaError, ValueError, OSError, KeyError, json.JSONDecodeError)
 
 
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's time limit, ``kill``): unwinds like Ctrl-C, so that the cleanup runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    if threading.current_thread() is not threading.main_thread():
+        yield   # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(func, args: argparse.Namespace) -> int:
     """Run a command with the exit-code policy of :mod:`m3ed.errors`: 0 done, 1 done with data
-    failures, 2 usage or configuration error, 3 internal error, 4 out of resources."""
-    with quiet_disk_full_cleanup():
+    failures, 2 usage or configuration error, 3 internal error, 4 out of resources; 130 and 143
+    when interrupted (SIGINT, SIGTERM)."""
+    with quiet_disk_full_cleanup(), _sigterm_unwinds():
         code = _run_command(func, args)
         gc.collect()   # h5py objects of a failed write go now, while their noise is filtered
     return code
@@ -185,6 +210,9 @@ def _run_command(func, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated (SIGTERM); re-run the same command to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as e:
         if isinstance(e, DiskFull):
             code, message = EXIT_RESOURCES, str(e.strerror or e)
@@ -248,8 +276,12 @@ def _run_merge(args: argparse.Namespace) -> int:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    corpus = load_corpus_from_args(args, log_problems=False)
-    problems = validate(corpus, require_split=options_from(args, CorpusOptions, "corpus").splits is not None)
+    corpus = load_corpus_from_args(args, log_problems=False, refuse_broken_files=False)
+    config = config_from_args(args).resolved()
+    videos = config.media.videos
+    if videos is not None and not Path(videos).is_dir():
+        raise ConfigurationError(f"--videos {videos}: no such folder")
+    problems = validate(corpus, require_split=config.corpus.splits is not None, media=media_source(config))
     print(f"{len(corpus)} dialogues, {sum(len(d.utterances) for d in corpus)} utterances, {len(problems)} problem(s)")
     for problem in problems:
         print(f"  {problem}")
@@ -286,8 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--definitions", choices=("authors", "clean"), default="authors",
                        help="authors: as the paper's own script counted (default); clean: exact counts (README)")
     stats.set_defaults(func=_run_stats)
-    validate_cmd = sub.add_parser("validate", help="report every problem in an annotation")
+    validate_cmd = sub.add_parser("validate", help="report every problem in an annotation (and, with --videos or "
+                                                   "a manifest's video column, every missing video)")
     add_corpus_arguments(validate_cmd)
+    add_media_arguments(validate_cmd)
     validate_cmd.set_defaults(func=_run_validate)
     merge_cmd = sub.add_parser("merge", help="publish the feature files of a sharded run (after every --shard I/N)")
     merge_cmd.add_argument("out", type=Path, help="the output directory the shards wrote")

@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 
 from ..catalogue import letter_of
-from ..files import atomic_path
+from ..files import atomic_h5, atomic_write_bytes, atomic_write_text, require_room
 from ..corpus import EMOTIONS
 from ..models.data import MODALITIES, MODALITY_NAMES, DialogueData, parse_features_map
 from ..store import FeatureReader, FeatureStore
@@ -71,8 +71,7 @@ def dump_portable(obj: Any, path: Path) -> None:
     _PortablePickler(buffer, protocol=4).dump(obj)
     data = buffer.getvalue()
     check_pickle_portable(data)
-    with atomic_path(path, size_hint=len(data)) as tmp:
-        tmp.write_bytes(data)
+    atomic_write_bytes(path, data)
 
 
 def check_pickle_portable(data: bytes) -> None:
@@ -172,36 +171,43 @@ def _export_mmin(features_dir: Path, features_map: Mapping[str, str], out: Path,
     if corpus is None:
         raise FileNotFoundError(f"{store.manifest_path}: not found; is {features_dir} the output of m3ed-extract?")
     ids = [u.id for u in corpus.utterances()]
-    for m, names in _mmin_sets(features_dir, features_map, notes).items():
+    chosen = _mmin_sets(features_dir, features_map, notes)
+    # Room for every file first (about the sources' size): a disk too small leaves an earlier export whole.
+    require_room(out, sum(store.feature_path(name).stat().st_size for names in chosen.values() for name in names))
+    for m, names in chosen.items():
         for name in names:
             folder = out / MMIN_FOLDERS[m]
-            folder.mkdir(parents=True, exist_ok=True)
             filled = _copy_h5_dense(store.feature_path(name), folder / f"{name}.h5", ids)
             if filled:
                 notes.append(f"ZERO-FILLED: {filled} of {len(ids)} utterances have no {name} features; "
                              f"{MMIN_FOLDERS[m]}/{name}.h5 holds zeros for them")
     target = out / "target" / "1"
-    target.mkdir(parents=True, exist_ok=True)
     unlabelled = 0
     for mmin_name, split in MMIN_SET_NAMES.items():
         utterances = [u for d in corpus if d.split == split for u in d.utterances]
         labelled = [u for u in utterances if u.label >= 0]
         unlabelled += len(utterances) - len(labelled)
-        np.save(target / f"{mmin_name}_label.npy", np.array([u.label for u in labelled], np.int64))
-        np.save(target / f"{mmin_name}_int2name.npy", np.array([u.id for u in labelled], dtype=str))
+        _save_npy(target / f"{mmin_name}_label.npy", np.array([u.label for u in labelled], np.int64))
+        _save_npy(target / f"{mmin_name}_int2name.npy", np.array([u.id for u in labelled], dtype=str))
     if unlabelled:
         notes.append(f"{unlabelled} utterances without a known emotion are left out of target/")
     config = {"feature_root": str(out.resolve()), "target_root": str((out / "target").resolve()), "total_cv": 1}
-    (out / "M3ED_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "M3ED_config.json", json.dumps(config, indent=2) + "\n")
     notes.append("layout: {A,V,L}/{feature_set}.h5, target/1/{trn,val,tst}_label.npy (EMOTIONS order) and "
                  "_int2name.npy (utterance ids), M3ED_config.json (copy it to MMIN's data/config/; cvNo 1)")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _copy_h5_dense(source: Path, destination: Path, ids: list[str]) -> int:
     """Copy a feature file, writing zeros ([D], or [1, D] for frame-level sets) for missing ids."""
     filled = 0
-    with atomic_path(destination) as tmp, FeatureReader(source) as reader, h5py.File(source, "r") as raw, \
-            h5py.File(tmp, "w") as out:
+    with FeatureReader(source) as reader, h5py.File(source, "r") as raw, \
+            atomic_h5(destination, size_hint=source.stat().st_size) as out:
         first = next(reader.keys(), None)
         frame_level = first is not None and reader[first].ndim == 2
         for utt_id in ids:
@@ -231,16 +237,14 @@ def export(features_dir: str | Path, fmt: str, out: str | Path, features_map: Ma
     notes: list[str] = [f"source: {features_dir.resolve()}",
                         "labels: " + ", ".join(f"{e} {i}" for i, e in enumerate(EMOTIONS))]
     if fmt == "mmin":
-        out.mkdir(parents=True, exist_ok=True)
         _export_mmin(features_dir, mapping, out, notes)
         notes_path = out / "NOTES.txt"
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
         with DialogueData(features_dir, MODALITIES, mapping) as data:
             notes.insert(1, "features: " + ", ".join(f"{m}={n}" for m, n in data.feature_sets.items()))
             (_export_dialoguernn if fmt == "dialoguernn" else _export_iemocap)(data, out, notes)
         notes_path = out.with_name(out.name + ".notes.txt")
-    notes_path.write_text("\n".join(notes) + "\n", encoding="utf-8")
+    atomic_write_text(notes_path, "\n".join(notes) + "\n")
     if verbose:
         print(f"wrote {out} ({fmt})")
         for line in notes:

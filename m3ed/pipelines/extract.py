@@ -24,11 +24,11 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import ExtractConfig, load_corpus, media_source
+from ..config import ExtractConfig, check_device, load_corpus, media_source
 from ..corpus import Corpus
 from ..device import default_device, peak_rss_mb, release_memory, torch_threads
 from ..errors import ConfigurationError
-from ..files import DiskFull, atomic_write_text, sweep_temporaries
+from ..files import DiskFull, atomic_write_text, is_disk_full, sweep_temporaries
 from ..locate import MediaSource
 from ..lock import LockError, OutputLock
 from ..media import MediaError
@@ -247,7 +247,7 @@ def resolve(config: ExtractConfig) -> ExtractConfig:
     if unknown:
         raise ConfigurationError(f"--stages: unknown {unknown}; choose from {', '.join(order)}")
     run = dataclasses.replace(config.run, stages=tuple(s for s in order if s in stages),  # asd before visual
-                              device=config.run.device or default_device(),
+                              device=check_device(config.run.device) if config.run.device else default_device(),
                               threads=config.run.threads or torch.get_num_threads())
     return dataclasses.replace(config, run=run)
 
@@ -291,6 +291,10 @@ def run_extraction(corpus: Corpus, context: RunContext, config: ExtractConfig) -
         lock.acquire()
         read_only = False
     except OSError as e:
+        if isinstance(e, DiskFull):   # out of resources (exit 4), not a configuration error
+            raise
+        if is_disk_full(e):
+            raise DiskFull(store.root) from e
         if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not store.root.is_dir():
             raise ConfigurationError(f"{store.root}: cannot create the output directory ({e.strerror}); "
                                      f"choose another --out") from e
@@ -341,6 +345,12 @@ def _run_locked(corpus: Corpus, context: RunContext, config: ExtractConfig, *, r
                 cut_at = len(failures)   # where its failures go once it is done
                 notes += _clip_notes("cut", screening)
                 record["stages"]["cut"] = {}   # filled in once it is done
+                continue
+            idle = [n for n in stage_class(name).needs if n in record["stages"] and not record["stages"][n]["feature_files"]]
+            if idle:   # what it reads was produced by no dialogue: each fails with its own reason, none stops the run
+                failures += _fail_without_input(context, name, idle[0], work, screening, failures, previous)
+                produced.update(stage_class(name).feature_sets)
+                record["stages"][name] = {"skipped": f"the {idle[0]} stage produced nothing to read"}
                 continue
             stage = build_stage(name, config.stage_options(name), context)
             try:
@@ -452,6 +462,7 @@ def merge(out_dir) -> dict:
 
 
 def _merge_locked(store: FeatureStore, corpus: Corpus, records: list[dict], count: int) -> dict:
+    sweep_temporaries(store.root)   # what a killed merge (or shard) left behind
     finished = {r["shard"] for r in records if r.get("complete")}
     refused = {d: reason for r in records for d, reason in r.get("refused", {}).items()}
     hashes = {d.id: dialogue_hash(d) for d in corpus}
@@ -544,6 +555,23 @@ def _recorded_failures(store: FeatureStore, feature_set: str, corpus: Corpus, sc
     refusals = [Failure(feature_set, d.id, None, f"dialogue refused: {screening.refused[d.id]}")
                 for d in corpus if d.id in screening.refused]
     return refusals + [f for f in store.failures(feature_set, corpus, previous) if f.dialogue_id not in screening.refused]
+
+
+def _fail_without_input(context: RunContext, name: str, needed: str, work: Corpus, screening: Screening,
+                        failures: list[Failure], previous: list[Failure]) -> list[Failure]:
+    """Record each dialogue of stage ``name`` as failed because stage ``needed``, which ran before it
+    in this run, published nothing; the reason repeats ``needed``'s failure of that dialogue."""
+    inputs = stage_class(needed).feature_sets
+    reasons = {f.dialogue_id: f.reason for f in failures if f.feature_set in inputs and f.utterance_id is None}
+    for dialogue in work:
+        if dialogue.id in screening.refused:
+            continue
+        why = reasons.get(dialogue.id, "it found nothing (see its failures)")
+        for fs in stage_class(name).feature_sets:
+            context.store.write_dialogue_failure(fs, dialogue.id, f"no input: the {needed} stage failed for this "
+                                                                  f"dialogue: {why}")
+    return [f for fs in stage_class(name).feature_sets
+            for f in _recorded_failures(context.store, fs, context.corpus, screening, previous)]
 
 
 def _clip_notes(feature_set: str, screening: Screening) -> list[Failure]:

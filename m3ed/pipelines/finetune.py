@@ -10,6 +10,7 @@ from ..extract.audio import receptive_field
 from ..extract.finetune import (DEFAULTS, PAPER_WEIGHTED_F1, FinetuneConfig, Split, Trainer, audio_examples, format_table,
                                 input_rule, text_examples)
 from ..device import default_device
+from ..files import atomic_write_text
 from ..profiles import PROFILES
 from .cli import add_corpus_arguments, add_media_arguments, load_corpus_from_args, media_from_args
 
@@ -34,11 +35,11 @@ def run_finetune(args: argparse.Namespace) -> int:
     splits = {name: Split([e for e in examples if split_of[e.id] == name]) for name in ("train", "val", "test")}
     print(f"finetune {modality}: {', '.join(f'{k} {len(v.examples)}' for k, v in splits.items())} labelled utterances")
     result = trainer.fit(splits)
-    metrics_path = Path(config.out) / "metrics.json"
-    metrics_path.write_text(json.dumps({"modality": modality, "best_epoch": result["best"]["epoch"],
-                                        "val": result["best"]["val"], "test": result["best"]["test"],
-                                        "paper_weighted_f1": PAPER_WEIGHTED_F1[modality],
-                                        "seconds": round(time.perf_counter() - started, 1)}, indent=2) + "\n")
+    atomic_write_text(Path(config.out) / "metrics.json",
+                      json.dumps({"modality": modality, "best_epoch": result["best"]["epoch"],
+                                  "val": result["best"]["val"], "test": result["best"]["test"],
+                                  "paper_weighted_f1": PAPER_WEIGHTED_F1[modality],
+                                  "seconds": round(time.perf_counter() - started, 1)}, indent=2) + "\n")
     print(format_table(modality, result["best"]))
     print(f"checkpoint: {config.out} (use it with --{modality}-finetuned {config.out})")
     return 0

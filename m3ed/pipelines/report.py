@@ -40,7 +40,8 @@ from ..asd.pipeline import FEATURE_SET as SPEAKER_FACES, tracks_path
 from ..corpus import EMOTIONS, SPLITS, Corpus, Dialogue
 from ..stats import split_stats
 from ..timecode import DEFAULT_FPS
-from ..store import Failure, FeatureReader, FeatureStore, atomic_write_text
+from ..files import atomic_write_text, require_room
+from ..store import Failure, FeatureReader, FeatureStore
 from .inspect_h5 import summarize_file
 from .viz import FONT_CANDIDATES
 
@@ -59,9 +60,12 @@ def write_report(out_dir: Path) -> Path:
     """Write ``OUT/report.json`` and ``OUT/report.html`` for the run in ``out_dir``; returns the html path."""
     out_dir = Path(out_dir)
     data, figures = build_report(out_dir)
-    atomic_write_text(out_dir / REPORT_JSON, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    numbers = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    page = render_html(data, figures)
     path = out_dir / REPORT_HTML
-    atomic_write_text(path, render_html(data, figures))
+    require_room(path, len(numbers.encode()) + len(page.encode()))   # both or neither: they tell the same story
+    atomic_write_text(out_dir / REPORT_JSON, numbers)
+    atomic_write_text(path, page)
     log.info("report: %s (%d images)", path, sum(len(v) for v in figures.values()))
     return path
 

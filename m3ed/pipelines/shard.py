@@ -60,7 +60,9 @@ class Shard:
 
 def shard_from(option: str | None, shards: int | None, environ=os.environ) -> Shard | None:
     """``--shard I/N``; else Slurm's array variables; else Kubernetes' ``JOB_COMPLETION_INDEX`` with ``--shards N``."""
-    if option:
+    if shards is not None and shards < 1:   # 0 must not quietly mean "no sharding"
+        raise ConfigurationError(f"--shards {shards}: the number of shards must be at least 1")
+    if option is not None:
         index, _, count = option.partition("/")
         if not (index.isdigit() and count.isdigit()):
             raise ConfigurationError(f"--shard {option!r}: expected I/N, e.g. 0/8 (I counts from 0)")
@@ -73,7 +75,10 @@ def shard_from(option: str | None, shards: int | None, environ=os.environ) -> Sh
         if "JOB_COMPLETION_INDEX" not in environ:
             raise ConfigurationError("--shards N needs --shard I/N, Slurm's array variables, or JOB_COMPLETION_INDEX "
                                      "(set by a Kubernetes Indexed Job)")
-        return _checked(int(environ["JOB_COMPLETION_INDEX"]), shards, "JOB_COMPLETION_INDEX with --shards")
+        index = environ["JOB_COMPLETION_INDEX"]
+        if not index.strip().isdigit():
+            raise ConfigurationError(f"JOB_COMPLETION_INDEX={index!r}: expected the job's index, a whole number")
+        return _checked(int(index), shards, "JOB_COMPLETION_INDEX with --shards")
     return None
 
 

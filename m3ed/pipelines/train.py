@@ -46,7 +46,7 @@ from ..corpus import EMOTIONS
 from ..models.data import (IGNORE_INDEX, DialogueData, length_bucketed_batches, modality_combinations,
                               parse_features_map, parse_modalities)
 from ..models.registry import SIZES, create_model, get_model_entry, list_models
-from ..files import atomic_path, atomic_write_text
+from ..files import atomic_open, atomic_write_text, disk_full_names
 
 __all__ = ["TrainConfig", "add_train_parser", "evaluate", "train", "write_table"]
 
@@ -279,8 +279,8 @@ def _train_epoch(run: _Run, config: TrainConfig, data: DialogueData, device: tor
 
 
 def _save_checkpoint(path: Path, record: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(record, tmp)
+    with atomic_open(path) as f:   # torch.save given a path hides a full disk behind "unexpected pos"
+        torch.save(record, f)
 
 
 def _train_seed(config: TrainConfig, data: DialogueData, seed: int, device: torch.device,
@@ -357,7 +357,8 @@ def _run_one(config: TrainConfig, device: torch.device) -> dict[str, Any]:
     entry = get_model_entry(config.model)
     mods = ",".join(config.modalities)
     out = config.out or Path("runs") / f"{entry.name}_{''.join(config.modalities)}"
-    out.mkdir(parents=True, exist_ok=True)
+    with disk_full_names(out):
+        out.mkdir(parents=True, exist_ok=True)   # now: a folder that cannot be made stops the run before training
     tag = f"{entry.name} {{{mods}}}"
     with DialogueData(config.features, config.modalities, config.features_map, level=entry.input_level,
                       max_frames=config.max_frames) as data:
@@ -462,8 +463,7 @@ def write_table(results: Sequence[dict[str, Any]], path: Path) -> str:
                 row += [_cell(stat[s]["weighted_f1"]) if stat else "" for s in ("val", "test")]
             lines.append("| {" + combo + "} | " + " | ".join(row) + " |")
     text = "\n".join(lines) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
     return text
 
 
@@ -512,8 +512,11 @@ def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
                     color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_open(path) as f:
+            fig.savefig(f, format="png", dpi=120)
+    finally:
+        plt.close(fig)
 
 
 # ---- CLI ------------------------------------------------------------------------------------------

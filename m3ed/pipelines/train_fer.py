@@ -40,7 +40,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 from torch import nn
 
-from ..files import atomic_path, atomic_write_text
+from ..files import atomic_open, atomic_write_text, disk_full_names
 from ..models.densenet_fer import FACE_SIZE, FER_PLUS_CLASSES, M3ED_FACE_MEAN, M3ED_FACE_STD, DenseNetFER, preprocess
 
 CHECKPOINT_NAME, METRICS_NAME = "densenet_fer.pt", "metrics.json"
@@ -274,7 +274,8 @@ def train(data: dict[str, FaceSet], config: FerTrainConfig, out_dir: str | Path)
     if "train" not in data or len(data["train"]) == 0:
         raise FerDataError("no training images after filtering (check the files and their Usage/split columns)")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with disk_full_names(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)   # now: a folder that cannot be made stops the run before training
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = DenseNetFER().to(config.device)
@@ -308,8 +309,8 @@ def train(data: dict[str, FaceSet], config: FerTrainConfig, out_dir: str | Path)
             waited += 1
         if waited > config.patience or (config.max_steps and steps >= config.max_steps):
             break
-    with atomic_path(out_dir / CHECKPOINT_NAME) as tmp:   # a killed run never leaves half a checkpoint
-        torch.save(best_state, tmp)
+    with atomic_open(out_dir / CHECKPOINT_NAME) as f:   # a killed run never leaves half a checkpoint
+        torch.save(best_state, f)   # to a file, not a path: torch's own writer hides a full disk
     model.load_state_dict(best_state)
     metrics = {
         "checkpoint": str(out_dir / CHECKPOINT_NAME), "classes": list(FER_PLUS_CLASSES), "config": asdict(config),
