@@ -53,6 +53,8 @@ def test_one_decode_gives_the_tracks_and_crops_of_two(two_pass, sample_media, ca
         return sample_media.frames(span, chunk=CHUNK_FRAMES)
 
     faces, once = pipeline.find_faces(DIALOGUE, decode)
+    # Exact: the same arithmetic. Each frame's faces come from that frame alone (m3ed.asd.mtcnn), and
+    # the crops from the same decoded frames; the cache only decides when they are computed.
     assert len(shots) > 2 and faces.shots.tolist() == shots.tolist()
     assert [(t.track_id, t.first, t.last, t.shot) for t in faces.tracks] == \
            [(t.track_id, t.first, t.last, t.shot) for t in tracks]
@@ -120,8 +122,8 @@ def test_multi_mode_on_needed_frames_equals_scoring_everything(scoring_inputs):
     part = track_scores(model, features, tracks, crops, ScoreParams("multi"), needed)
     for f, p, n in zip(full[0], part[0], needed):
         assert np.allclose(f[n], p[n], atol=1e-5) and not np.isnan(p[n]).any()
-    for f, p, n in zip(full[1], part[1], needed):
-        assert np.array_equal(f[n], p[n])
+    for f, p, n in zip(full[1], part[1], needed):   # other pieces, other batch shapes: a tolerance
+        assert np.allclose(f[n], p[n], rtol=1e-4, atol=1e-4) and not np.isnan(p[n]).any()
     computed = sum(length * len(m) for length, m in score_pieces(tracks, 200, ScoreParams("multi"), needed).items())
     assert computed < 0.6 * sum(length * len(m) for length, m in score_pieces(tracks, 200, ScoreParams("multi")).items())
 
@@ -134,6 +136,7 @@ def test_single_mode_scores_needed_runs_with_context(scoring_inputs):
     everything = track_scores(model, features, tracks, crops, ScoreParams("single"))[0]
     all_needed = track_scores(model, features, tracks, crops, ScoreParams("single"),
                               [np.ones(len(t), bool) for t in tracks])[0]
+    # Exact: every frame needed is every frame, so the same pieces in the same batches.
     assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(everything, all_needed))
 
 

@@ -1,4 +1,7 @@
-"""`--engine ray`: the same bytes as the local engine, even when an actor is killed mid-stage."""
+"""`--engine ray`: the same bytes as the local engine, even when an actor is killed mid-stage.
+
+Same-path comparisons (the same command, machine and threads), so exact: the local run and every
+actor use the run's thread count, here torch's default (no ``--threads``) as a user's run would."""
 import dataclasses
 import os
 import signal
@@ -12,12 +15,24 @@ from m3ed.corpus import Corpus, utterance_id
 from m3ed.pipelines.cli import extract_main
 
 ray = pytest.importorskip("ray")
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("same_threads_as_the_workers")]
+pytestmark = pytest.mark.slow
+THREADS = 2   # the run's default thread count here: torch's, set for this module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def default_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # four CPUs of Ray's accounting: two actors of two threads each share the work
+    ray.init(num_cpus=2 * THREADS, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 

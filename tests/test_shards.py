@@ -58,8 +58,9 @@ def test_three_shards_then_merge_equal_one_run(tmp_path, sample_corpus, sample_p
     corpus_path = tmp_path / "corpus.jsonl"
     # 36 dialogues: two text groups (32 dialogues each) and three audio groups (16) to share among 3 shards.
     _corpus(sample_corpus, sample_paths["videos"], copies=12).to_jsonl(corpus_path)
+    # The same command and threads in every process: the same computation, so the same bytes.
     base = ["--annotations", str(corpus_path), "--stages", "text,audio", "--profile", "tiny", "--device", "cpu",
-            "--no-progress", "--no-report"]
+            "--threads", "1", "--no-progress", "--no-report"]
     assert extract_main(base + ["--out", str(tmp_path / "one")]) == 0
     sharded = tmp_path / "sharded"
     assert extract_main(base + ["--out", str(sharded), "--shard", "0/3"]) == 0

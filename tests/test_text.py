@@ -102,6 +102,7 @@ def test_special_tokens_can_be_dropped_from_the_frames(tiny_text):
     drop, = drop_stage.process([dialogue(SENTENCES[:1])], context=None)
     frames = drop.features[FRAME]["d1_1"]
     assert frames.shape == (len(SENTENCES[0]), 32)                       # the sentence's own tokens only
+    # Exact: the same arithmetic. Both run the model on the same tokens; drop only leaves rows out.
     np.testing.assert_array_equal(frames, keep.features[FRAME]["d1_1"][1:-1])
     np.testing.assert_array_equal(drop.features[MEAN]["d1_1"], keep.features[MEAN]["d1_1"])  # the mean never had them
     assert drop_stage.provenance()["special_tokens"] == "drop" and "except special" in drop_stage.attrs(FRAME)["tokens"]

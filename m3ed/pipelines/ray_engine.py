@@ -3,7 +3,9 @@
 Each actor builds the stage once (its models load once per replica), processes whole dialogue
 groups exactly as the local engine does, and writes their part files into ``OUT``, which every node
 must see (checked at start with a probe file). The driver only schedules, counts and publishes.
-GPU stages take one GPU per actor; on a machine without GPUs, actors take one CPU each.
+GPU stages take one GPU per actor. Every actor runs its models at the run's thread count (``--threads``,
+or torch's default on the driver), whatever Ray's ``OMP_NUM_THREADS`` says: the same kernels as
+the local engine, so the same bytes. On CPU an actor reserves that many CPUs of the cluster.
 
 Ray's own fault tolerance covers lost workers: an actor whose process dies (machine lost,
 OOM-killed) is restarted and its group runs again (``max_restarts``/``max_task_retries``). A data
@@ -78,16 +80,18 @@ class RayGroups:
     def __init__(self, name: str, config, context: RunContext, groups: int):
         ray = _ray()
         resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
+        gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
         on_gpu = str(context.device).startswith("cuda") and gpus > 0
-        size = max(1, min(groups, gpus if on_gpu else int(resources.get("CPU", 1))))
-        options = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_cpus": 1}
+        threads = config.run.threads or 1   # resolved by the driver: the local engine's count
+        reserved = 1 if on_gpu else min(threads, cpus)
+        size = max(1, min(groups, gpus if on_gpu else cpus // reserved))
+        options = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_cpus": reserved}
         if on_gpu:
             import dataclasses
 
             context = dataclasses.replace(context, device="cuda")   # each actor sees its one GPU as cuda:0
         worker = _worker_class()
-        self.actors = [worker.options(**options).remote(name, config, context, 1) for _ in range(size)]
+        self.actors = [worker.options(**options).remote(name, config, context, threads) for _ in range(size)]
         self._check_shared(context)
 
     def _check_shared(self, context: RunContext) -> None:
