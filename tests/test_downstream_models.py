@@ -215,21 +215,47 @@ def test_dialoguernn_defaults_follow_the_authors_runs() -> None:
 
 
 def test_dialoguegcn_defaults_follow_the_authors_runs() -> None:
-    """Dlggcn_LAV_BaseLSTME180WP10WF10dp0.4_lr0.0003_..._class_weight; run.sh --l2 0.0; a 2-layer BiLSTM."""
+    """run5.sh (MEmoConv ea97ac2): --emotion_dim 180 (BiLSTM and graph_h), --use_input_project (to
+    --global_dim's default 150), --batch_size 16 --max_epoch 60 --lr 0.0003 --l2 0.0 --class_weight;
+    train_chmed.py: --classifer_dim default 100."""
     model = create_model("dialoguegcn", input_dims={"l": 768, "a": 1024, "v": 342})
     c = model.config
-    assert (c.lstm_hidden, c.window_past, c.window_future, c.dropout) == (180, 10, 10, 0.4)
+    assert (c.lstm_hidden, c.graph_hidden, c.hidden, c.window_past, c.window_future, c.dropout) == (
+        180, 180, 100, 10, 10, 0.4)
     assert model.lstm.num_layers == 2 and model.lstm.bidirectional and model.lstm.hidden_size == 180
+    assert model.input_projection.in_features == 768 + 1024 + 342 + 3 and model.lstm.input_size == 150
     entry = get_model_entry("dialoguegcn").config_cls
     assert (entry.default_lr, entry.default_weight_decay, entry.default_class_weights) == (3e-4, 0.0, True)
+    assert (entry.default_batch_size, entry.default_epochs) == (16, 60)
+    assert create_model("dialoguegcn", input_dims={"l": 8}, input_projection=None).lstm.input_size == 8 + 1
 
 
 def test_multienc_defaults_follow_the_authors_runs() -> None:
-    """utt_baseline/run.sh: --a_hidden_size 512 --v_hidden_size 256 --l_hidden_size 256
-    --mid_fusion_layers 512,256 --dropout_rate 0.5 --learning_rate 1e-3."""
+    """utt_baseline/run.sh at HEAD: --a_hidden_size 512 --v_hidden_size 256 --l_hidden_size 256
+    --dropout_rate 0.5 --learning_rate 3e-4 --max_epoch 50; fusion 512,256 (multimodal), 256,128 (unimodal)."""
     model = create_model("multienc", input_dims={"l": 768, "a": 1024, "v": 342})
     assert model.encoders["a"].lstm.hidden_size == 512 and model.encoders["v"].lstm.hidden_size == 256
     assert model.encoders["l"].embed[0].out_features == 256
     widths = [m.out_features for m in model.classifier.hidden if isinstance(m, torch.nn.Linear)]
     assert widths == [512, 256] and model.classifier.hidden[0].in_features == 512 + 256 + 256
-    assert model.config.dropout == 0.5 and get_model_entry("multienc").config_cls.default_lr == 1e-3
+    unimodal = create_model("multienc", input_dims={"a": 1024})
+    assert [m.out_features for m in unimodal.classifier.hidden if isinstance(m, torch.nn.Linear)] == [256, 128]
+    entry = get_model_entry("multienc").config_cls
+    assert model.config.dropout == 0.5 and (entry.default_lr, entry.default_epochs) == (3e-4, 50)
+    assert model.config.frame_limits == {"a": 150, "v": 70, "l": 30}
+
+
+def test_multienc_reads_only_the_first_frames(features_dir: Path) -> None:
+    """--max_acoustic_tokens etc.: frames past the limit never change a prediction; frames before it do."""
+    data = load(features_dir, "multienc", "a")
+    model = build("multienc", data, frame_limits={"a": 2}).eval()
+    batch = data.collate(data.split("train")[:2])
+    assert int(batch.frame_mask["a"].sum(-1).max()) > 2, "the fixture needs utterances of more than 2 frames"
+    with torch.no_grad():
+        before = model(batch)
+        late = batch.features["a"].clone()
+        late[:, :, 2:] += 5.0
+        batch.features["a"] = late
+        assert torch.equal(model(batch), before)
+        late[:, :, :2] += 5.0
+        assert not torch.allclose(model(batch), before)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,47 @@ def test_class_weights_are_one_over_the_prior(features_dir: Path) -> None:
     seen = prior > 0
     products = weights[seen] * prior[seen]
     assert products == pytest.approx(np.full(seen.sum(), products[0]))
+
+
+def test_mdi_frozen_fusion_keeps_the_input_layer_and_clips_its_stale_gradient(features_dir: Path) -> None:
+    """run_htrm.py --bert_frozen: bert_encoder.fc is not in the optimiser; trainer.py zeroes the
+    optimiser's gradients only and clips over model.parameters(), the stale fc gradient included."""
+    from m3ed.pipelines.train import _build, _train_epoch
+
+    config = TrainConfig(features=features_dir, model="mdi", modalities="l,a", seeds=(0,), size="tiny",
+                         grad_clip=1e-3, mdi_frozen_fusion=True, batch_size=8, verbose=False).resolved()
+    with DialogueData(features_dir, "l,a") as data:
+        run = _build(config, data, 0, torch.device("cpu"))
+        trained = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+        assert id(run.model.embed.weight) not in trained and id(run.model.head.weight) in trained
+        embed, head = run.model.embed.weight.detach().clone(), run.model.head.weight.detach().clone()
+        _train_epoch(run, config, data, torch.device("cpu"), seed=1)
+    assert torch.equal(run.model.embed.weight, embed) and not torch.equal(run.model.head.weight, head)
+    stale = run.model.embed.weight.grad
+    assert stale is not None and stale.abs().sum() > 0            # never zeroed
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad)
+                                                  for p in run.model.parameters() if p.grad is not None]))
+    assert float(total) <= 1e-3 * 1.001                           # the clip saw (and scaled) it too
+
+
+def test_mdi_versions(features_dir: Path) -> None:
+    """v1 (452bbfd-ba3f3dc): batch 1, 15 epochs, length-sorted order; v2 (e75d7dd, HEAD): batch 32,
+    50 epochs, shuffled, global attention only for unimodal runs; given values still win."""
+    from m3ed.pipelines.train import _build
+
+    v1 = TrainConfig(features=features_dir, model="mdi", modalities="l").resolved()
+    v2 = TrainConfig(features=features_dir, model="mdi", modalities="l", mdi_version="v2").resolved()
+    assert (v1.batch_size, v1.epochs, v1.shuffle) == (1, 15, False)
+    assert (v2.batch_size, v2.epochs, v2.shuffle) == (32, 50, True)
+    assert TrainConfig(features=features_dir, model="mdi", mdi_version="v2", epochs=3).resolved().epochs == 3
+    assert TrainConfig(features=features_dir, model="dialoguegcn", mdi_version="v2").resolved().batch_size == 16
+    v2 = replace(v2, size="tiny")
+    with DialogueData(features_dir, "l") as data:
+        assert _build(v2, data, 0, torch.device("cpu")).model.config.interactions == ("global",)
+    with DialogueData(features_dir, "l,a") as data:
+        assert len(_build(replace(v2, modalities="l,a"), data, 0, torch.device("cpu")).model.config.interactions) == 4
+    with pytest.raises(ValueError, match="v3"):
+        TrainConfig(features=features_dir, model="mdi", mdi_version="v3")
+    with pytest.raises(ValueError, match="MDI only"):
+        with DialogueData(features_dir, "l") as data:
+            _build(replace(v1, model="dialoguegcn", mdi_frozen_fusion=True, size="tiny"), data, 0, torch.device("cpu"))

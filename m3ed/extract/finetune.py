@@ -35,7 +35,18 @@ from .hf_models import load_audio, load_text, model_spec, save_tokenizer
 log = logging.getLogger(__name__)
 
 PAPER_WEIGHTED_F1 = {"text": {"val": 43.50, "test": 45.73}, "audio": {"val": 48.56, "test": 45.92}}
-DEFAULTS = {"text": dict(lr=2e-5, batch_size=16), "audio": dict(lr=3e-5, batch_size=4)}
+# The authors' recipes for the features behind the default ``l`` and ``a`` sets. Text (MEmoConv
+# codes/unibert_finetune/finetune.sh, run_cls.py): max_length 20 tokens, batch 32, 6 epochs, patience 2,
+# linear decay to 0, the sequence-classification head (pooler: Linear + tanh on [CLS], dropout, Linear).
+# Audio (codes/uniwav2vec_finetune/wav2vec_dnn.sh, train_baseline.py): lr 2e-5, batch 8, 5 epochs at the
+# full rate then 5 of linear decay, gradient norm clipped at 5, a linear head with no dropout.
+RECIPES = {
+    "text": dict(lr=2e-5, batch_size=32, epochs=6, patience=2, max_length=20, schedule="linear",
+                 decay_after=0, grad_clip=None, head="pooler", head_dropout=0.1),
+    "audio": dict(lr=2e-5, batch_size=8, epochs=10, patience=None, max_length=None, schedule="linear",
+                  decay_after=5, grad_clip=5.0, head="linear", head_dropout=0.0),
+}
+DEFAULTS = {m: {"lr": r["lr"], "batch_size": r["batch_size"]} for m, r in RECIPES.items()}
 
 
 @dataclass
@@ -44,9 +55,15 @@ class FinetuneConfig:
     out: Path
     profile: str = "paper"
     model: str | None = None           # another encoder (hub id or directory) than the profile's
-    epochs: int = 3
+    epochs: int | None = None          # None (here and below): the modality's recipe (RECIPES)
     lr: float = 2e-5
     batch_size: int = 16
+    patience: int | None = None        # stop after this many epochs without a better val weighted-F1
+    max_length: int | None = None      # text: tokens kept
+    decay_after: int | None = None     # epochs at the full rate before the linear decay to 0
+    grad_clip: float | None = None
+    head: str | None = None            # "pooler" (Linear + tanh, dropout, Linear) or "linear"
+    head_dropout: float | None = None
     class_weighted: bool = False       # cross-entropy weighted by inverse class frequency
     device: str = "cpu"
     max_steps: int | None = None       # stop after this many optimizer steps (smoke runs)
@@ -55,15 +72,27 @@ class FinetuneConfig:
     seed: int = 0
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.modality not in RECIPES:
+            raise ValueError(f"finetune: modality {self.modality!r}; use text or audio")
+        for key, value in RECIPES[self.modality].items():
+            if key not in ("lr", "batch_size", "schedule") and getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.head not in ("pooler", "linear"):
+            raise ValueError(f"finetune: head {self.head!r}; use pooler or linear")
+
 
 class EmotionClassifier(nn.Module):
     """Encoder + dropout + linear head on one vector per utterance ([CLS] or the last valid frame)."""
 
-    def __init__(self, encoder: nn.Module, modality: str, dropout: float = 0.1):
+    def __init__(self, encoder: nn.Module, modality: str, dropout: float = 0.1, head: str = "linear"):
         super().__init__()
         self.encoder, self.modality = encoder, modality
+        width = encoder.config.hidden_size
+        # "pooler": the sequence-classification head of BERT-type models (dense + tanh on [CLS]).
+        self.pooler = nn.Sequential(nn.Linear(width, width), nn.Tanh()) if head == "pooler" else nn.Identity()
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(encoder.config.hidden_size, len(EMOTIONS))
+        self.head = nn.Linear(width, len(EMOTIONS))
 
     def pooled(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.encoder(**inputs).last_hidden_state
@@ -76,7 +105,14 @@ class EmotionClassifier(nn.Module):
         return hidden[torch.arange(len(hidden)), lengths.clamp(min=1) - 1]
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.dropout(self.pooled(inputs)))
+        return self.head(self.dropout(self.pooler(self.pooled(inputs))))
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        return {**{f"pooler.{k}": v for k, v in self.pooler.state_dict().items()}, **self.head.state_dict()}
+
+    def load_head_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.pooler.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("pooler.")}, strict=True)
+        self.head.load_state_dict({k: v for k, v in state.items() if not k.startswith("pooler.")}, strict=True)
 
 
 @dataclass
@@ -138,13 +174,14 @@ class Trainer:
             if hasattr(encoder, "freeze_feature_encoder"):
                 encoder.freeze_feature_encoder()  # the conv front end stays fixed, as in wav2vec2 fine-tuning
         self.spec = spec
-        self.model = EmotionClassifier(encoder, config.modality).to(config.device)
+        self.model = EmotionClassifier(encoder, config.modality, config.head_dropout, config.head).to(config.device)
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if config.device.startswith("cuda") else None
 
     def inputs(self, batch: list[Example]) -> dict[str, torch.Tensor]:
         if self.config.modality == "text":
             encoded = self.processor([e.data for e in batch], padding=True, truncation=True,
-                                     max_length=min(512, self.processor.model_max_length), return_tensors="pt")
+                                     max_length=min(self.config.max_length or 512, self.processor.model_max_length),
+                                     return_tensors="pt")
         else:  # normalised already (audio_examples): padding only, as the extractor's normalised path
             encoded = self.processor.pad({"input_values": [e.data for e in batch]}, padding=True,
                                          return_attention_mask=getattr(self.processor, "return_attention_mask", False),
@@ -191,6 +228,8 @@ class Trainer:
         if not train.examples:
             raise ValueError("finetune: the train split has no labelled utterances (check --splits and the annotations)")
         optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=c.lr)
+        per_epoch = -(-len(train.examples) // c.batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(c.epochs, c.decay_after, per_epoch))
         criterion = self.loss_function(train)
         rng = np.random.default_rng(c.seed)
         best: dict | None = None
@@ -205,7 +244,10 @@ class Trainer:
                 loss = criterion(self.logits(examples), torch.tensor([e.label for e in examples], device=c.device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if c.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
                 optimizer.step()
+                scheduler.step()
                 losses.append(loss.item())
                 step += 1
                 if c.max_steps and step >= c.max_steps:
@@ -218,6 +260,9 @@ class Trainer:
                 best = record
                 self.save(record, history)
             if c.max_steps and step >= c.max_steps:
+                break
+            if c.patience and epoch - best["epoch"] >= c.patience:
+                log.info("no better val weighted-F1 for %d epochs: stopping", c.patience)
                 break
         return {"best": best, "history": history}
 
@@ -233,14 +278,21 @@ class Trainer:
         else:
             self.processor.save_pretrained(tmp)
         with open(tmp / "classifier.pt", "wb") as f:   # to a file, not a path: torch's own writer hides a full disk
-            torch.save(self.model.head.state_dict(), f)
+            torch.save(self.model.head_state(), f)
         record = {"modality": self.config.modality, "base_model": self.spec.name, "base_revision": self.spec.revision,
                   "labels": list(EMOTIONS), "pooling": "[CLS]" if self.config.modality == "text" else "last time step",
+                  "head": self.config.head,
                   "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
                   "best_epoch": best["epoch"], "metrics": {"val": best["val"], "test": best["test"]}, "history": history}
         if self.config.modality == "audio":
             record["input"] = asdict(input_rule(self.config))  # the extractor reads it: same input as training
         (tmp / "finetune.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _linear_decay(epochs: int, decay_after: int, steps_per_epoch: int):
+    """Per step: the full rate for ``decay_after`` epochs, then linearly down to 0 at the last step."""
+    start, end = decay_after * steps_per_epoch, max(epochs * steps_per_epoch, 1)
+    return lambda step: 1.0 if step < start else max(0.0, (end - step) / max(end - start, 1))
 
 
 def _better(value: float, best: float) -> bool:
@@ -254,8 +306,12 @@ def load_classifier(directory: str | Path, modality: str) -> EmotionClassifier:
     spec = ModelSpec(str(directory))
     load, option = (load_text, "--text-finetuned") if modality == "text" else (load_audio, "--audio-finetuned")
     _, encoder = load(spec, option)
-    model = EmotionClassifier(encoder, modality)
-    model.head.load_state_dict(torch.load(Path(directory) / "classifier.pt", map_location="cpu", weights_only=True))
+    try:
+        head = json.loads((Path(directory) / "finetune.json").read_text(encoding="utf-8")).get("head", "linear")
+    except (OSError, ValueError):
+        head = "linear"                       # checkpoints written before the head was recorded
+    model = EmotionClassifier(encoder, modality, head=head)
+    model.load_head_state(torch.load(Path(directory) / "classifier.pt", map_location="cpu", weights_only=True))
     return model.eval()
 
 

@@ -35,14 +35,18 @@ __all__ = ["DialogueGCN", "DialogueGCNConfig", "relation_graph"]
 
 @dataclass
 class DialogueGCNConfig(ModelConfig):
-    """The authors' M3ED run (``Dlggcn_*_BaseLSTME180WP10WF10dp0.4_lr0.0003`` in their
-    ``get_results.py``): a 2-layer BiLSTM of 180 per direction, window 10/10, dropout 0.4, lr 3e-4,
-    no weight decay, loss weighted by 1/prior; graph 100, D_h 100 and 30 bases as DialogueGCN's code."""
+    """The authors' M3ED runs (``codes/dialoggcn/run5.sh`` and ``train_chmed.py`` at MEmoConv ea97ac2,
+    ``Dlggcn_*_BaseLSTME180WP10WF10dp0.4_lr0.0003`` in their ``get_results.py``): ``--emotion_dim 180``
+    sets the BiLSTM (180 per direction) and the graph (their ``graph_h = D_e``); the classifier keeps
+    ``--classifer_dim``'s default 100; ``--use_input_project`` maps the input to ``--global_dim``'s
+    default 150 first; window 10/10, dropout 0.4, lr 3e-4, ``--l2 0.0``, loss weighted by 1/prior,
+    ``--batch_size 16``, ``--max_epoch 60``, ``--patience 10``; 30 bases as DialogueGCN's code."""
 
-    lstm_hidden: int = 180        # D_e per direction
+    lstm_hidden: int = 180        # D_e per direction (their --emotion_dim 180)
     lstm_layers: int = 2
-    graph_hidden: int = 100
-    hidden: int = 100             # D_h, classifier
+    graph_hidden: int = 180       # their graph_h = D_e
+    hidden: int = 100             # D_h, classifier (their --classifer_dim default)
+    input_projection: int | None = 150   # their --use_input_project, to --global_dim (default 150); None: off
     window_past: int = 10
     window_future: int = 10
     num_bases: int | None = 30    # basis decomposition of the relation weights; None: one per relation
@@ -53,8 +57,8 @@ class DialogueGCNConfig(ModelConfig):
     default_lr: ClassVar[float] = 3e-4
     default_weight_decay: ClassVar[float] = 0.0
     default_class_weights: ClassVar[bool] = True
-    default_batch_size: ClassVar[int] = 32
-    default_epochs: ClassVar[int] = 80         # their run.sh: --max_epoch 80
+    default_batch_size: ClassVar[int] = 16     # run5.sh (ea97ac2): --batch_size 16
+    default_epochs: ClassVar[int] = 60         # run5.sh (ea97ac2): --max_epoch 60 --patience 10
 
     @property
     def num_relations(self) -> int:
@@ -99,7 +103,7 @@ class RelationalGraphConv(nn.Module):
 
 
 @register_model("dialoguegcn", config=DialogueGCNConfig, tiny={
-    "lstm_hidden": 32, "graph_hidden": 32, "hidden": 32, "num_bases": 4, "dropout": 0.1,
+    "lstm_hidden": 32, "graph_hidden": 32, "hidden": 32, "input_projection": 32, "num_bases": 4, "dropout": 0.1,
     "rec_dropout": 0.0})
 class DialogueGCN(nn.Module):
     """DialogueGCN: BiLSTM context, speaker-by-direction relational graph, GCN, classifier."""
@@ -109,6 +113,10 @@ class DialogueGCN(nn.Module):
         self.config = config
         c = config
         input_size = sum(c.input_dims.values()) + len(c.input_dims)
+        self.input_projection = None
+        if c.input_projection:
+            self.input_projection = nn.Linear(input_size, c.input_projection)
+            input_size = c.input_projection
         context = 2 * c.lstm_hidden
         self.lstm = nn.LSTM(input_size, c.lstm_hidden, num_layers=c.lstm_layers, batch_first=True,
                             bidirectional=True, dropout=c.dropout if c.lstm_layers > 1 else 0.0)
@@ -135,7 +143,10 @@ class DialogueGCN(nn.Module):
         if int(batch.speakers.max()) >= c.num_speakers:
             raise ValueError(f"DialogueGCN: a dialogue has more than num_speakers={c.num_speakers} speakers; "
                              f"build the model with a larger num_speakers")
-        g = self.encode(early_fusion(batch, c.modalities), batch.mask)
+        u = early_fusion(batch, c.modalities)
+        if self.input_projection is not None:
+            u = self.input_projection(u)
+        g = self.encode(u, batch.mask)
         edges, relation = relation_graph(batch.speakers, batch.mask, c.window_past, c.window_future,
                                          c.num_speakers)
         scores = torch.einsum("bid,bjd->bij", self.edge_attention(g), g).masked_fill(~edges, float("-inf"))

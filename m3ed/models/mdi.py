@@ -22,6 +22,11 @@ Where the four outputs are added is ``fusion``:
 * ``"per_block"`` (the paper's figure and text): inside every block the four masked outputs are
   added (and normalised) and the sum is the next block's input.
 
+The early-fusion ``embed`` Linear is the one their ``--bert_frozen`` leaves out of the optimiser in
+every M3ED run (its parameters are named ``bert_encoder.fc``): it keeps its initial weights, and its
+gradient, never zeroed, accumulates and still counts in the clip norm. ``m3ed train
+--mdi-frozen-fusion`` reproduces that (the training loop, not the model); by default it is trained.
+
 The four masks are built once per batch, vectorised (:func:`interaction_masks`), and the four
 streams run as one batch of ``4B`` sequences, so a block costs one batched attention call.
 """
@@ -60,8 +65,10 @@ class MDIConfig(ModelConfig):
     stream_norm: bool = True         # fusion=final: each stream ends in a LayerNorm, as their encoder's norm
     head_dropout: float = 0.0        # their classifier reads the fused features directly
 
-    # transformers.AdamW (weight decay 0), lr 3e-5, one dialogue per batch (their M3ED setting),
-    # 15 epochs on a cosine schedule, no early stop; the best validation epoch is kept.
+    # transformers.AdamW (weight decay 0), lr 3e-5, cosine schedule, no early stop, the best validation
+    # epoch kept. Batch and epochs are MDI version 1 of their history (one dialogue per batch, 15 epochs:
+    # run_htrm.sh/run_htrm.py, MEmoConv 452bbfd-ba3f3dc); ``m3ed train --mdi-version v2`` takes the later
+    # one (batch 32, 50 epochs, global attention only for unimodal runs: e75d7dd to HEAD).
     default_lr: ClassVar[float] = 3e-5
     default_weight_decay: ClassVar[float] = 0.0
     default_batch_size: ClassVar[int] = 1

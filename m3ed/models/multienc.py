@@ -9,15 +9,21 @@ Each utterance is classified on its own (no dialogue context):
     ``multienc_pooled`` (utterance-level inputs, "Utt" columns; light enough for a CPU)
         each modality ─ Linear-ReLU-dropout (a DNN encoder) ─► the same sizes, then the same fusion classifier.
 
-Sizes, dropout 0.5 and lr 1e-3 are the authors' M3ED run (``codes/utt_baseline/run.sh``:
-``--a_hidden_size 512 --v_hidden_size 256 --l_hidden_size 256 --mid_fusion_layers 512,256``).
+Sizes and dropout 0.5 are the authors' M3ED runs (``codes/utt_baseline/run.sh``:
+``--a_hidden_size 512 --v_hidden_size 256 --l_hidden_size 256``); the fusion layers are 512, 256 for
+multimodal runs and ``--mid_fusion_layers 256,128`` for unimodal ones, lr 3e-4 (1e-3 only up to
+MEmoConv 6527c1b), 50 epochs (``--max_epoch 50 --patience 10``) and the frames each encoder reads
+cut to the first 150 audio frames, 70 faces and 30 tokens (``--max_acoustic_tokens 150
+--max_visual_tokens 70 --max_text_tokens 30``): ``run.sh`` at HEAD (f31c9fd and later). Their
+loader also pads every sequence with zero frames up to those lengths, which the LSTMs then read;
+ours encodes the real frames only (``frame_limits``).
 
 A missing modality's embedding is zero (the presence mask says which). Only real utterances
 with that modality are encoded (packed, masked), so padding never changes a prediction.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -33,20 +39,24 @@ __all__ = ["MultiEnc", "MultiEncConfig", "MultiEncPooled", "MultiEncPooledConfig
 
 @dataclass
 class MultiEncPooledConfig(ModelConfig):
-    """The authors' M3ED sizes: text 256, audio 512, visual 256; fusion layers 512, 256; dropout 0.5."""
+    """The authors' M3ED sizes: text 256, audio 512, visual 256; fusion layers 512, 256 (multimodal)
+    or 256, 128 (unimodal); dropout 0.5."""
 
     text_size: int = 256
     audio_size: int = 512
     visual_size: int = 256
-    classifier_layers: tuple[int, ...] = (512, 256)
+    classifier_layers: tuple[int, ...] | None = None   # None: (512, 256) multimodal, (256, 128) unimodal
     dropout: float = 0.5
 
-    default_lr: ClassVar[float] = 1e-3
+    default_lr: ClassVar[float] = 3e-4        # their run.sh at HEAD: --learning_rate 3e-4
     default_weight_decay: ClassVar[float] = 0.0
     default_batch_size: ClassVar[int] = 3      # dialogues: their 64 utterances, at 24.7 per M3ED dialogue
+    default_epochs: ClassVar[int] = 50         # --max_epoch 50 --patience 10
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.classifier_layers is None:
+            self.classifier_layers = (512, 256) if len(self.input_dims) > 1 else (256, 128)
         self.classifier_layers = tuple(int(x) for x in self.classifier_layers)
 
     def size(self, modality: str) -> int:
@@ -64,10 +74,17 @@ class MultiEncConfig(MultiEncPooledConfig):
     text_channels: int = 128
     text_dropout: float = 0.5
     lstm_pooling: str = "maxpool"       # "maxpool", "mean" or "last"
+    # The first frames each encoder reads (their --max_acoustic_tokens 150 --max_visual_tokens 70
+    # --max_text_tokens 30); a modality left out: every frame.
+    frame_limits: dict[str, int] = field(default_factory=lambda: {"a": 150, "v": 70, "l": 30})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.text_kernels = tuple(int(x) for x in self.text_kernels)
+        self.frame_limits = {m: int(n) for m, n in self.frame_limits.items()}
+        bad = {m: n for m, n in self.frame_limits.items() if m not in ("l", "a", "v") or n < 1}
+        if bad:
+            raise ValueError(f"MultiEnc: frame_limits {bad}: use modalities l, a, v and limits of at least 1")
         if self.lstm_pooling not in ("maxpool", "mean", "last"):
             raise ValueError(f"MultiEnc: lstm_pooling {self.lstm_pooling!r}; use 'maxpool', 'mean' or 'last'")
 
@@ -167,6 +184,9 @@ class MultiEnc(nn.Module):
                 raise ValueError("MultiEnc needs frame-level features ([T, D] per utterance); "
                                  "use multienc_pooled for utterance-level ones")
             lengths = batch.frame_mask[m][where].sum(-1)
+            limit = self.config.frame_limits.get(m)
+            if limit is not None:   # the first frames only, as the authors' loader cuts them
+                frames, lengths = frames[:, :limit], lengths.clamp(max=limit)
             encoded = (self.encoders[m](frames, lengths) if len(frames)
                        else frames.new_zeros(0, self.config.size(m)))
             embeddings.append(_scatter_rows(encoded, where))

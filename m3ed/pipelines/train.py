@@ -54,6 +54,11 @@ DISPLAY_NAMES = {"multienc": "MultiEnc (Frm)", "multienc_pooled": "UttBaseline (
                  "dialoguernn": "DialogueRNN", "dialoguegcn": "DialogueGCN", "mmgcn": "MMGCN", "mdi": "MDI"}
 BASELINE = "multienc_pooled"   # the row that Table 6's (+x.x) differences refer to
 SCHEDULES = ("constant", "cosine")
+MDI_VERSIONS = ("v1", "v2")
+# The two MDI versions of the authors' history (MEmoConv codes/mdi/run_htrm.sh, run_htrm.py):
+# v1 (452bbfd-ba3f3dc): one dialogue per batch, 15 epochs, dialogues in a fixed length-sorted order;
+# v2 (e75d7dd, HEAD): batch 32, 50 epochs, shuffled, and unimodal runs under global attention only.
+_MDI_V2 = {"batch_size": 32, "epochs": 50}
 
 
 @dataclass
@@ -78,6 +83,9 @@ class TrainConfig:
     size: str = "paper"                      # "paper": the authors' sizes; "tiny": small (tests, demos)
     max_frames: int | None = None            # frame-level models: frames kept per utterance
     grad_clip: float | None = 5.0
+    shuffle: bool | None = None              # train order shuffled per epoch (None: True, MDI v1 False)
+    mdi_version: str = "v1"                  # MDI_VERSIONS; see the module constants
+    mdi_frozen_fusion: bool = False          # MDI: leave the early-fusion Linear untrained, as their runs
     grid: bool = False
     grid_models: tuple[str, ...] = ()        # --grid: these models (default: all)
     verbose: bool = True
@@ -95,14 +103,22 @@ class TrainConfig:
                              f"({self.patience}) must be at least 1")
         if self.schedule not in (None, *SCHEDULES):
             raise ValueError(f"schedule {self.schedule!r}: use {' or '.join(SCHEDULES)}")
+        if self.mdi_version not in MDI_VERSIONS:
+            raise ValueError(f"MDI version {self.mdi_version!r}: use {' or '.join(MDI_VERSIONS)}")
 
     def resolved(self) -> "TrainConfig":
         """This config with every unset training setting taken from the model's authors' defaults."""
         c = get_model_entry(self.model).config_cls
         chosen = {"epochs": c.default_epochs, "batch_size": c.default_batch_size, "lr": c.default_lr,
                   "weight_decay": c.default_weight_decay, "class_weights": c.default_class_weights,
-                  "schedule": c.default_schedule, "early_stop": c.default_early_stop}
+                  "schedule": c.default_schedule, "early_stop": c.default_early_stop, "shuffle": True}
+        if self.is_mdi:
+            chosen.update(_MDI_V2 if self.mdi_version == "v2" else {"shuffle": False})
         return replace(self, **{k: v for k, v in chosen.items() if getattr(self, k) is None})
+
+    @property
+    def is_mdi(self) -> bool:
+        return get_model_entry(self.model).name == "mdi"
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
@@ -235,13 +251,28 @@ def _build(config: TrainConfig, data: DialogueData, seed: int, device: torch.dev
     entry = get_model_entry(config.model)
     seed_everything(seed)
     overrides = _model_overrides(entry.name, config.model_config, strict=not config.grid)
+    if config.is_mdi and config.mdi_version == "v2" and len(data.dims) == 1:
+        overrides.setdefault("interactions", ("global",))   # their v2 unimodal runs: --attn_type global
     model = create_model(entry.name, size=config.size, input_dims=data.dims,
                          num_speakers=max(2, data.num_speakers), **overrides).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_trained_parameters(model, config), lr=config.lr, weight_decay=config.weight_decay)
     use_fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     return _Run(model, optimizer, _scheduler(optimizer, config, data),
                 torch.amp.GradScaler("cuda", enabled=use_fp16),
                 _class_weights(data).to(device) if config.class_weights else None, config.lr, config.weight_decay)
+
+
+def _trained_parameters(model: torch.nn.Module, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """What the optimiser updates. ``--mdi-frozen-fusion``: all but MDI's early-fusion Linear, as
+    the authors' ``--bert_frozen`` name filter (run_htrm.py ``build_optimizer_and_scheduler``) leaves
+    out ``bert_encoder.fc``. That layer still requires grad, so, as in their trainer.py, its gradient
+    is never zeroed (``zero_grad`` reaches the optimiser's parameters only), accumulates over the
+    steps and counts in ``clip_grad_norm_`` over all the model's parameters."""
+    if not config.mdi_frozen_fusion or (config.grid and not config.is_mdi):
+        return list(model.parameters())
+    if not config.is_mdi:
+        raise ValueError(f"--mdi-frozen-fusion applies to MDI only, not {config.model!r}")
+    return [p for name, p in model.named_parameters() if not name.startswith("embed.")]
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
@@ -259,7 +290,7 @@ def _train_epoch(run: _Run, config: TrainConfig, data: DialogueData, device: tor
     """One pass over the train dialogues (length-bucketed, shuffled per seed and epoch); mean loss."""
     run.model.train()
     total, count = 0.0, 0
-    for batch in data.batches("train", config.batch_size, shuffle=True, seed=seed):
+    for batch in data.batches("train", config.batch_size, shuffle=config.shuffle, seed=seed):
         batch = batch.to(device)
         with _autocast(device):
             logits = run.model(batch)
@@ -267,7 +298,7 @@ def _train_epoch(run: _Run, config: TrainConfig, data: DialogueData, device: tor
                                weight=run.class_weights, ignore_index=IGNORE_INDEX)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
-        if config.grad_clip:
+        if config.grad_clip:   # over every parameter, a frozen one's stale gradient included (see above)
             run.scaler.unscale_(run.optimizer)
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
         run.scaler.step(run.optimizer)
@@ -567,6 +598,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--size", choices=SIZES, default="paper",
                         help="model sizes: the authors' (paper) or small ones for a quick check (tiny)")
     parser.add_argument("--max-frames", type=int, help="frame-level models: keep at most this many frames per utterance")
+    parser.add_argument("--mdi-version", choices=MDI_VERSIONS, default="v1",
+                        help="MDI: v1 (default), one dialogue per batch, 15 epochs, length-sorted order; v2, batch 32, "
+                             "50 epochs, global attention only for unimodal runs (the authors' later version)")
+    parser.add_argument("--mdi-frozen-fusion", action="store_true",
+                        help="MDI: leave the early-fusion Linear untrained (its stale gradient still counted in the "
+                             "clip norm), as every M3ED run of the authors' code did")
     parser.add_argument("--grid", action="store_true", help="every model on every modality combination")
     parser.add_argument("--models", default="", help="with --grid: comma-separated subset of models")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -587,6 +624,7 @@ def _run(args: argparse.Namespace) -> int:
             device=args.device, features_map=args.features_map, model_config=_key_values(args.model_config),
             size=args.size, class_weights=args.class_weights, schedule=args.schedule,
             early_stop=args.early_stop, max_frames=args.max_frames, grid=args.grid,
+            mdi_version=args.mdi_version, mdi_frozen_fusion=args.mdi_frozen_fusion,
             grid_models=tuple(m for m in args.models.split(",") if m.strip()), verbose=not args.quiet)
         train(config)
     except (FileNotFoundError, ValueError, KeyError, argparse.ArgumentTypeError) as e:
