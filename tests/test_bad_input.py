@@ -4,7 +4,6 @@ import dataclasses
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -12,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import pytest
 import torch
 
@@ -22,31 +20,14 @@ from m3ed.loaders import load_manifest
 from m3ed.pipelines.cli import extract_main, main
 from m3ed.screening import refused_dialogues
 
+try:
+    from tests.cli_runs import failures as _failures, feature_keys as _keys, mount_tmpfs, with_video as _with_video
+    from tests.cli_runs import extract_argv as _argv, write_corpus as _write
+except ImportError:  # tests/ itself on sys.path
+    from cli_runs import failures as _failures, feature_keys as _keys, mount_tmpfs, with_video as _with_video
+    from cli_runs import extract_argv as _argv, write_corpus as _write
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-BASE = ["--profile", "tiny", "--device", "cpu", "--no-progress", "--no-report"]
-
-
-def _argv(annotations: Path, out: Path, stages: str = "text", *extra: str) -> list[str]:
-    return ["--annotations", str(annotations), "--out", str(out), "--stages", stages, *BASE, *extra]
-
-
-def _write(corpus: Corpus, path: Path) -> Path:
-    corpus.to_jsonl(path)
-    return path
-
-
-def _keys(out: Path, feature_set: str) -> list[str]:
-    with h5py.File(out / "features" / f"{feature_set}.h5") as h5:
-        return sorted(h5)
-
-
-def _failures(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
-
-
-def _with_video(corpus: Corpus, videos: Path) -> Corpus:
-    return Corpus(tuple(dataclasses.replace(d, video=str(next(videos.glob(f"{d.show}{d.episode:02d}.mp4"))))
-                        for d in corpus))
 
 
 @pytest.fixture
@@ -242,18 +223,9 @@ def test_non_finite_release_times_are_named(tmp_path, sample_paths, capsys):
 
 
 # ---- full disk, leftovers ---------------------------------------------------------------------------------------
-def _mount_tmpfs(path: Path, size: str) -> None:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-
-
 def test_a_full_disk_at_the_start_is_out_of_resources(tmp_path, sample_corpus, capfd, models_cache):
     disk = tmp_path / "disk"
-    _mount_tmpfs(disk, "1m")
+    mount_tmpfs(disk, "1m")
     try:
         filler = disk / "filler"
         with open(filler, "wb") as f:   # fill it to the last byte

@@ -4,7 +4,6 @@ before untouched. Each test runs the real command with its output on a small tmp
 from __future__ import annotations
 
 import csv
-import os
 import re
 import shutil
 import subprocess
@@ -20,20 +19,16 @@ from m3ed.pipelines.cli import main
 from m3ed.store import Failure
 from m3ed.synthetic import SyntheticConfig, make_synthetic
 
+try:
+    from tests.cli_runs import mount_tmpfs
+except ImportError:  # tests/ itself on sys.path
+    from cli_runs import mount_tmpfs
+
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
               # h5py's late complaints about a failed file ("Exception ignored in ...") count as failures
               pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")]
 TEXT_LINES = [("你好，今天天气很好。", "happy"), ("我们去公园吧。", "neutral"), ("我不想去。", "sad"),
               ("你怎么又迟到了！", "anger")]
-
-
-def mount_tmpfs(path: Path, size: str) -> None:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
 
 
 @pytest.fixture

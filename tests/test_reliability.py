@@ -22,32 +22,14 @@ from m3ed.media import ffmpeg_exe
 from m3ed.pipelines.cli import extract_main, main
 from m3ed.store import FeatureStore
 
+try:
+    from tests.cli_runs import BASE, failures as _failures, feature_keys as _keys, mount_tmpfs, with_video as _with_video
+    from tests.cli_runs import extract_argv as _argv, write_corpus as _write
+except ImportError:  # tests/ itself on sys.path
+    from cli_runs import BASE, failures as _failures, feature_keys as _keys, mount_tmpfs, with_video as _with_video
+    from cli_runs import extract_argv as _argv, write_corpus as _write
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-BASE = ["--profile", "tiny", "--device", "cpu", "--no-progress", "--no-report"]
-
-
-def _argv(corpus_path: Path, out: Path, stages: str = "text", *extra: str) -> list[str]:
-    return ["--annotations", str(corpus_path), "--out", str(out), "--stages", stages, *BASE, *extra]
-
-
-def _write(corpus: Corpus, path: Path) -> Path:
-    corpus.to_jsonl(path)
-    return path
-
-
-def _keys(out: Path, feature_set: str) -> list[str]:
-    with h5py.File(out / "features" / f"{feature_set}.h5") as h5:
-        return sorted(h5)
-
-
-def _failures(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
-
-
-def _with_video(corpus: Corpus, videos: Path) -> Corpus:
-    """The sample's dialogues pointing at their episode files (as a corpus JSONL needs)."""
-    return Corpus(tuple(dataclasses.replace(d, video=str(next(videos.glob(f"{d.show}{d.episode:02d}.mp4"))))
-                        for d in corpus))
 
 
 # ---- two runs on one OUT -------------------------------------------------------------------------
@@ -316,19 +298,10 @@ def test_debug_shows_the_traceback(tmp_path, capfd):
 
 
 # ---- resources (real small filesystems; need root to mount) --------------------------------------------
-def _mount_tmpfs(path: Path, size: str) -> None:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-
-
 @pytest.fixture
 def small_disk(tmp_path):
     disk = tmp_path / "disk"
-    _mount_tmpfs(disk, "2m")
+    mount_tmpfs(disk, "2m")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
@@ -362,7 +335,7 @@ def test_disk_full_in_the_store_leaves_no_partial_file(small_disk):
 
 def test_a_read_only_output_that_is_up_to_date_is_fine(tmp_path, sample_corpus, capfd, models_cache):
     disk = tmp_path / "ro"
-    _mount_tmpfs(disk, "20m")
+    mount_tmpfs(disk, "20m")
     try:
         corpus_path = _write(sample_corpus, tmp_path / "corpus.jsonl")
         out = disk / "out"

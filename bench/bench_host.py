@@ -1,0 +1,180 @@
+"""Host cost: CPU core-seconds per second of video spent outside the networks, per feature stage.
+
+    python bench/bench_host.py [--copies 7] [--device cpu]
+
+What limits a GPU machine is the host work around the networks (decoding, shot detection, MTCNN's
+pre- and post-processing, crops, MFCC, batching, writing): on a GPU the networks take little, and
+the host work of one process decides how fast it goes and how many cores it needs. This measures
+that work without a GPU.
+
+Each feature stage (text, audio, asd, visual) runs in its own ``m3ed-extract`` process (in stage
+order, into one output, as a resumed run would), with ``--threads 1`` so that every network call
+runs on the thread that makes it. Inside the child, every call into a network (the entry points
+``bench/model_time.py`` wraps) is timed in that thread's CPU time; the stage's host cost is the
+process's CPU time (its own and its ffmpeg children's) minus its networks' CPU time. Start-up,
+imports and model loading cost the same for any length of footage, so the figure is the slope
+between two runs: the sample's footage once (46 s) and ``--copies`` times (7: 5.4 minutes):
+``core_s_per_video_s = (host(long) - host(short)) / (footage(long) - footage(short))``.
+
+Writes ``bench/results.json`` key ``host`` (``host_cuda`` with ``--device cuda``): per stage and in
+total the host core-seconds per second of video, the networks' core-seconds per second of video,
+and ``projected_realtime_x_16_cores`` = 16 / host cost: how many times real time 16 cores could go
+if the host work spread over them and the networks cost nothing (a ceiling, not a measurement).
+``workers_speedup`` is null: the pipeline has no in-run worker pool yet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from common import device_key, merge_results, subprocess_env, table
+
+STAGES = ("text", "audio", "asd", "visual")
+
+
+# ---- the child: one stage, its networks' thread CPU time counted ---------------------------------
+class NetworkCpu:
+    """Thread CPU seconds inside network calls (outermost calls only, per thread)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.calls = 0
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def call(self, function, *args, **kwargs):
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            return function(*args, **kwargs)
+        self._local.depth = 1
+        started = time.thread_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent = time.thread_time() - started
+            self._local.depth = 0
+            with self._lock:
+                self.seconds += spent
+                self.calls += 1
+
+
+def instrument(clock: NetworkCpu) -> None:
+    """Count the networks' entry points (the ones bench/model_time.py wraps)."""
+    import torch
+    from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
+    from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
+    from transformers import PreTrainedModel
+
+    from m3ed.models.densenet_fer import DenseNetFER
+    from m3ed.models.light_asd import LightASD
+    from m3ed.models.senet50 import SENet50
+    from m3ed.models.talknet import AudioVisualASD
+
+    roots = (PNet, RNet, ONet, InceptionResnetV1, SENet50, PreTrainedModel, DenseNetFER, LightASD, AudioVisualASD)
+    module_call = torch.nn.Module.__call__
+
+    def call(module, *args, **kwargs):
+        if isinstance(module, roots):
+            return clock.call(module_call, module, *args, **kwargs)
+        return module_call(module, *args, **kwargs)
+
+    torch.nn.Module.__call__ = call
+    for owner, name in ((AudioVisualASD, "logits"), (LightASD, "fused_logits"), (DenseNetFER, "forward_features")):
+        method = getattr(owner, name)
+        setattr(owner, name, lambda *a, _m=method, **k: clock.call(_m, *a, **k))
+
+
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def child(record: Path, argv: list[str]) -> int:
+    clock = NetworkCpu()
+    instrument(clock)
+    from m3ed.pipelines.cli import extract_main
+
+    code = 3
+    try:
+        code = extract_main(argv)
+    finally:
+        record.write_text(json.dumps({"cpu_s": cpu_seconds(), "network_cpu_s": clock.seconds,
+                                      "network_calls": clock.calls, "exit": code}))
+    return code
+
+
+# ---- the driver --------------------------------------------------------------------------------
+def write_manifest(path: Path, copies: int) -> float:
+    from bench_pipeline import write_manifest as sample_manifest
+
+    return sample_manifest(path, copies)[0]
+
+
+def run_stages(manifest: Path, out: Path, device: str, env: dict) -> dict[str, dict]:
+    result = {}
+    for stage in STAGES:
+        record = out.parent / f"{out.name}-{stage}.json"
+        cmd = [sys.executable, __file__, "--child", str(record), "--annotations", str(manifest), "--out", str(out),
+               "--stages", stage, "--profile", "paper-random", "--asd-model", "light-asd", "--device", device,
+               "--threads", "1", "--no-report", "--no-progress"]
+        record.unlink(missing_ok=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode not in (0, 1) or not record.exists():
+            raise SystemExit(f"{stage} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        result[stage] = json.loads(record.read_text())
+    return result
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        sys.exit(child(Path(sys.argv[2]), sys.argv[3:]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=7, help="copies of the sample in the long run (7: 5.4 min)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="m3ed-bench-host-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = subprocess_env(OMP_NUM_THREADS="1")
+
+    footage, runs = {}, {}
+    for name, copies in (("short", 1), ("long", args.copies)):
+        footage[name] = write_manifest(work / f"{name}.csv", copies)
+        runs[name] = run_stages(work / f"{name}.csv", work / name, args.device, env)
+    seconds = footage["long"] - footage["short"]
+
+    def slope(stage: str, field: str) -> float:
+        return (runs["long"][stage][field] - runs["short"][stage][field]) / seconds
+
+    rows, total_host, total_network = [], 0.0, 0.0
+    for stage in STAGES:
+        cpu, network = slope(stage, "cpu_s"), slope(stage, "network_cpu_s")
+        total_host += cpu - network
+        total_network += network
+        rows.append({"stage": stage, "host_core_s_per_video_s": round(cpu - network, 3),
+                     "network_core_s_per_video_s": round(network, 3)})
+    result = {
+        "footage_s": {k: round(v, 1) for k, v in footage.items()}, "threads": 1, "cpus": os.cpu_count(),
+        "core_s_per_video_s": round(total_host, 3), "network_core_s_per_video_s": round(total_network, 3),
+        "by_stage": {r["stage"]: {k: v for k, v in r.items() if k != "stage"} for r in rows},
+        "projected_realtime_x_16_cores": round(16 / max(total_host, 1e-9), 1),
+        "target_core_s_per_video_s": 0.15, "workers_speedup": None,
+    }
+    merge_results(device_key("host", args.device), result)
+    rows.append({"stage": "total", "host_core_s_per_video_s": result["core_s_per_video_s"],
+                 "network_core_s_per_video_s": result["network_core_s_per_video_s"]})
+    print(table(rows, ["stage", "host_core_s_per_video_s", "network_core_s_per_video_s"]))
+    print(f"host work projects to {result['projected_realtime_x_16_cores']}x real time on 16 cores "
+          f"(target: <= 0.15 core-s per video-s, >= 100x)")
+
+
+if __name__ == "__main__":
+    main()
