@@ -9,6 +9,7 @@ import torch
 from transformers import BertModel, BertTokenizer
 
 from m3ed.corpus import Corpus, Dialogue, Utterance
+from m3ed.errors import ConfigurationError
 from m3ed.extract.hf_models import BERT_CHINESE, ModelSpec, chinese_vocab, local_model_dir, model_spec
 from m3ed.extract.text import EMPTY_TEXT, FRAME, MEAN, TextConfig, TextEncoder, TextStage
 from m3ed.profiles import ModelUnavailable, get_profile
@@ -115,7 +116,7 @@ def test_other_layer_and_its_validation(tiny_text, encoder):
     last = encoder.encode(SENTENCES[:1], ["a"])[0]
     assert first.hidden.shape == last.hidden.shape and relative_error(first.hidden, last.hidden) > 1e-3
     np.testing.assert_allclose(TextEncoder(tiny_text, layer=-1).encode(SENTENCES[:1], ["a"])[0].hidden, last.hidden, rtol=1e-5)
-    with pytest.raises(ValueError, match="--text-layer 7"):
+    with pytest.raises(ConfigurationError, match="7: .* has layers 0"):   # refused before any work
         TextEncoder(tiny_text, layer=7)
 
 
