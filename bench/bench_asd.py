@@ -4,6 +4,7 @@
 
 Measures, on the sample's two-shot dialogue (640x360, two faces):
 - shots + MTCNN detection: frames/s at detection heights 360 (native) and 240, every frame;
+- S3FD detection (random weights, the authors' scale 0.25): frames/s, every frame;
 - the cropping pass: frames/s;
 - ASD scoring, seconds of compute per second of face track: TalkNet single, TalkNet multi
   (the reference's six passes), Light-ASD single and multi (first ``--seconds`` of each track);
@@ -27,6 +28,8 @@ from m3ed.device import peak_rss_mb
 
 from m3ed.asd.crop import TrackCrops
 from m3ed.asd.detect import DetectionParams, Detections, FaceDetector
+from m3ed.asd.detectors import build_detector
+from m3ed.asd.options import AsdConfig
 from m3ed.asd.embed import FaceEmbedder
 from m3ed.asd.score import ScoreParams, build_scorer, dialogue_mfcc, score_tracks
 from m3ed.asd.shots import ShotDetector
@@ -70,6 +73,11 @@ def main() -> None:
                                      for c in np.array_split(frames[:args.frames], max(1, args.frames // 32))],
                                     found.flush()))
         result[f"detect_fps_h{height}"] = round(args.frames / seconds, 2)
+    s3fd = build_detector(AsdConfig(detector="s3fd"), profile)   # paper-random: random weights, real cost
+    s3fd.detect(frames[:2])  # warm-up
+    found = Detections(1)
+    _, seconds = timed(lambda: (found.add_chunk(s3fd, frames[:args.frames]), found.flush()))
+    result["detect_fps_s3fd"] = round(args.frames / seconds, 2)
     _, seconds = timed(lambda: [ShotDetector().update(frames)])
     result["shots_fps"] = round(len(frames) / seconds, 1)
 

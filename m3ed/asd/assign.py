@@ -37,15 +37,15 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
 from ..corpus import Dialogue, Utterance
 from ..catalogue import BOX, COLUMN, SPEAKER_FACE_COLUMNS
+from .params import AssignParams
 
 COLUMNS: tuple[str, ...] = SPEAKER_FACE_COLUMNS   # named once, in the feature-set catalogue
-RULES = ("authors", "strict")
 
 
 class Rule(IntEnum):
@@ -72,53 +72,6 @@ class TrackLike(Protocol):
     frames: np.ndarray   # [n] consecutive dialogue frame indices
     boxes: np.ndarray    # [n, 4] x1, y1, x2, y2
     track_id: int
-
-
-@dataclass(frozen=True)
-class AssignParams:
-    """Rule set and thresholds of the two-stage assignment (see the module docstring)."""
-
-    #: "authors": their extract_spk_faces.py (every frame with a face is decided); "strict": ours.
-    rules: Literal["authors", "strict"] = "authors"
-    #: authors: stage 1 takes a face whose demo score (rounded class-1 output) is above this.
-    authors_min_score: float = 0.0
-    #: authors, case 2.1: mean similarity above which the same face index is kept.
-    same_utterance_min_similarity: float = 0.6
-    #: authors, case 2.4: seed of the random face (with the utterance id and the frame).
-    seed: int = 0
-
-    # The thresholds below are the strict rules' (ours: the paper gives no numbers), except
-    # min_stage1_faces, which both rule sets use.
-    #: Stage 1: minimum speaking probability, sigmoid(s1 - s0) of the ASD logits, for a face to be
-    #: taken as the current speaker's without further evidence.
-    stage1_min_prob: float = 0.9
-    #: Stage 2: minimum cosine similarity (FaceNet VGGFace2 embeddings) between a face and the
-    #: speaker's bank. Same-identity pairs typically score above 0.5, different people below 0.3.
-    stage2_min_similarity: float = 0.5
-    #: Stage 2: how much more similar to the speaker than to any other known speaker a face must be.
-    stage2_margin: float = 0.1
-    #: How a face's similarities to a bank's embeddings are reduced to one number.
-    similarity: Literal["mean", "max"] = "mean"
-    #: A speaker with fewer stage-1 faces (frames) than this is unknown: no stage 2 for them.
-    min_stage1_faces: int = 10
-    #: The authors' rule: a single face in the frame belongs to the current (known) speaker,
-    #: unless its embedding assigns it to another known speaker (stage-2 thresholds, reversed).
-    single_face_rule: bool = True
-    #: A track is one person and a dialogue's speakers are different people: when stage 1 gives
-    #: one track to several speakers (an ASD false positive on a listener, overlapping speech), the
-    #: track goes to the speaker with most stage-1 frames in it and the others' stage-1 decisions
-    #: on it are withdrawn (on a tie, everyone's). Withdrawn frames may still be decided by stage 2.
-    one_speaker_per_track: bool = True
-
-    def __post_init__(self) -> None:
-        if self.rules not in RULES:
-            raise ValueError(f"AssignParams.rules must be one of {', '.join(RULES)}, got {self.rules!r}")
-        if self.similarity not in ("mean", "max"):
-            raise ValueError(f"AssignParams.similarity must be 'mean' or 'max', got {self.similarity!r}")
-        if not 0.0 <= self.stage1_min_prob <= 1.0:
-            raise ValueError(f"AssignParams.stage1_min_prob must lie in [0, 1], got {self.stage1_min_prob}")
-        if self.min_stage1_faces < 0:
-            raise ValueError(f"AssignParams.min_stage1_faces must be >= 0, got {self.min_stage1_faces}")
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,11 @@ class TrackCrops:
                     self.faces[i][j] = _face_crop(image, self.embed_box(track.boxes[k]), self.embed_size,
                                                   self.embed_margin)
 
+    @property
+    def next_frame(self) -> int:
+        """The dialogue frame the next chunk starts at (every frame before it has been seen)."""
+        return self._next
+
     @classmethod
     def merge(cls, parts: Sequence["TrackCrops"], tracks: Sequence[Track]) -> "TrackCrops":
         """One set of crops for ``tracks``, each found in one of ``parts`` (cut separately, e.g. shot by shot)."""

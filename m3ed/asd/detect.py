@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from functools import partial
-from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import cv2
@@ -44,37 +43,10 @@ import torch
 
 from ..device import side_by_side, side_by_side_workers
 from .mtcnn import detect_face
+from .params import DetectionParams
 
 #: One frame's faces: ``[k, 5]`` float32 rows ``x1, y1, x2, y2, probability`` in original pixels.
 NO_FACES = np.zeros((0, 5), np.float32)
-
-
-@dataclass(frozen=True)
-class DetectionParams:
-    every: int = 5                  # detect on every k-th frame (0, k, 2k, ...); the tracker interpolates
-    height: int | None = 240        # detection height in pixels (None: native); never upscales
-    min_face_size: int = 20         # smallest face MTCNN looks for, pixels at the detection height
-    stage_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
-    min_probability: float = 0.9    # drop faces below this final probability (TalkNet demo: 0.9)
-    batch_size: int | None = None   # frames per MTCNN call (None: 16 on CPU, 128 on CUDA)
-    scale_factor: float = 0.709     # MTCNN's image-pyramid step (its default); smaller: fewer levels, faster
-
-    def __post_init__(self):
-        if self.every < 1:
-            raise ValueError(f"detection every={self.every}: must be >= 1 (1 = every frame)")
-        if self.height is not None and self.height < 32:
-            raise ValueError(f"detection height={self.height}: must be at least 32 pixels (or None for native)")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"detection batch_size={self.batch_size}: must be >= 1 (or None for the device's default)")
-        if not 0.1 <= self.scale_factor < 1:
-            raise ValueError(f"detection scale_factor={self.scale_factor}: must lie in [0.1, 1)")
-
-    def batch_for(self, device: torch.device) -> int:
-        """Frames per MTCNN call: on CPU more frames per call gain little (MTCNN's time goes to
-        per-candidate work); on a GPU large batches keep it busy."""
-        if self.batch_size is not None:
-            return self.batch_size
-        return 128 if device.type == "cuda" else 16
 
 
 @contextmanager

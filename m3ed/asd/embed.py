@@ -36,6 +36,7 @@ from facenet_pytorch import InceptionResnetV1
 from ..models import senet50
 from ..models.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_strict
 from ..profiles import ModelUnavailable, Profile, unavailable
+from .options import EMBEDDERS
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ EMBED_SIZE = 160   # input side in pixels
 EMBED_DIM = 512
 VGGFACE2_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
 VGGFACE2_CLASSES = 8631  # the checkpoint carries its training classifier (logits.*), unused here
-EMBEDDERS = ("auto", "senet50-vggface2", "inception-resnet-v1")
 SENET50_FILE = "senet50_scratch_weight.pkl"
 #: VGGFace2-pytorch's README link for senet50_scratch (Google Drive, needs a browser's confirmation)
 SENET50_SOURCE = "https://drive.google.com/file/d/11Xo4tKir1KF8GdaTCMSbEQ9N4LhshJNP"
@@ -99,7 +99,7 @@ def senet50_weights(checkpoint: str | None = None) -> Path | None:
 def resolve_embedder(name: str, profile: Profile, checkpoint: str | None = None) -> str:
     """The embedder ``auto`` stands for here: SENet-50 when its weights are there, else InceptionResnetV1."""
     if name not in EMBEDDERS:
-        raise ValueError(f"face embedder {name!r}: choose one of {', '.join(EMBEDDERS)}")
+        raise ValueError(f"AsdConfig.embedder={name!r}: choose one of {', '.join(EMBEDDERS)}")
     if name != "auto":
         return name
     real = checkpoint is not None or profile.face_embedder is not None
@@ -117,8 +117,8 @@ def build_senet50(profile: Profile, checkpoint: str | None = None) -> senet50.SE
         where = checkpoint or torch_home() / "checkpoints" / SENET50_FILE
         raise ModelUnavailable(f"face embedder senet50-vggface2: weights not found at {where}.\n  To provide "
                                f"them: download {SENET50_FILE} ({SENET50_SOURCE}, VGGFace2-pytorch) and put it "
-                               f"there or pass --face-embedder-checkpoint FILE; or use --face-embedder "
-                               f"inception-resnet-v1")
+                               f"there or pass AsdConfig.embedder_checkpoint FILE; or use "
+                               f"AsdConfig.embedder='inception-resnet-v1'")
     try:
         return senet50.load_senet50(senet50.read_senet50_pickle(path), source=str(path))
     except CheckpointError as e:

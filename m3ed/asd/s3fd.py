@@ -25,7 +25,6 @@ frame size divisible by 4 at 0.25) and within half a detection pixel otherwise.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +36,7 @@ from ..device import side_by_side, side_by_side_workers, torch_threads
 from ..models.s3fd import WEIGHTS_FILE, S3FDNet, load_s3fd, prior_boxes
 from .detect import NO_FACES
 from .embed import torch_home
+from .params import S3FDParams
 
 #: The network's input means, in the RGB order it receives.
 MEAN_RGB = (123.0, 117.0, 104.0)
@@ -49,25 +49,6 @@ CANDIDATE_SCORE = 0.05      # faces scored at or below this are not candidates
 CANDIDATE_IOU = 0.3         # NMS among candidates, in [0, 1] box units
 CANDIDATE_POOL = 5000       # NMS looks at the best this many candidates
 CANDIDATE_KEEP = 750        # and keeps at most this many
-
-
-@dataclass(frozen=True)
-class S3FDParams:
-    every: int = 1                 # detect on every k-th frame (the authors: every frame)
-    scale: float = 0.25            # detection size per original size, both axes (the authors: 0.25)
-    min_score: float = 0.9         # keep faces scored above this (the demo's conf_th)
-    face_iou: float = 0.1          # final NMS between kept faces, in pixels
-    batch_size: int | None = None  # frames gathered per detect call (None: 16); results do not depend on it
-
-    def __post_init__(self):
-        if self.every < 1:
-            raise ValueError(f"S3FD detection every={self.every}: must be >= 1 (1 = every frame)")
-        if not 0 < self.scale <= 4:
-            raise ValueError(f"S3FD detection scale={self.scale}: must lie in (0, 4] (the authors use 0.25)")
-        if not 0 <= self.min_score < 1:
-            raise ValueError(f"S3FD min_score={self.min_score}: must lie in [0, 1)")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"S3FD detection batch_size={self.batch_size}: must be >= 1 (or None for 16)")
 
 
 def s3fd_weights(checkpoint: str | None = None) -> Path:

@@ -42,7 +42,6 @@ channels-last layout: about 2.4x faster on one CPU thread, logits equal up to ro
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -54,38 +53,18 @@ from ..models.talknet import MFCC_FRAMES_PER_VIDEO_FRAME, AudioVisualASD
 from ..profiles import Profile, fetch_checkpoint
 from ..weights import LIGHT_ASD_FILE, LIGHT_ASD_SHA256, light_asd_checkpoint, sha256_of
 from .mfcc import audio_for_asd, mfcc
+from .options import ASD_MODELS, VIDEO_FPS
+from .params import ScoreParams
 from .track import Track
 
-VIDEO_FPS = 25.0   # the ASD models' video rate: 4 MFCC frames (100 per second) per video frame
 MULTI_DURATIONS = (1, 2, 3, 4, 5, 6)   # seconds; the demo's durationSet as Python evaluates it
 
-ASD_MODELS = ("talknet", "light-asd")
-SCORE_MODES = ("single", "multi")       # ScoreParams.mode
-SCORE_FRAMES = ("utterances", "all")    # ScoreParams.frames
 #: TalkNet's TalkSet-trained checkpoint: the demo downloads it from this Google Drive file
 #: (id 1AbN9fCf9IexMxEKXLQY2KYBlb-IhSEea, saved as ``pretrain_TalkSet.model``).
 TALKNET_CHECKPOINT_URL = "https://drive.google.com/uc?export=download&id=1AbN9fCf9IexMxEKXLQY2KYBlb-IhSEea"
 #: Light-ASD's TalkSet fine-tuned checkpoint, ``weight/finetuning_TalkSet.model`` of its repository (MIT).
 LIGHT_ASD_CHECKPOINT_URL = "https://raw.githubusercontent.com/Junhua-Liao/Light-ASD/main/weight/finetuning_TalkSet.model"
 CHECKPOINT_URLS = {"talknet": TALKNET_CHECKPOINT_URL, "light-asd": LIGHT_ASD_CHECKPOINT_URL}
-
-
-@dataclass(frozen=True)
-class ScoreParams:
-    mode: str = "single"            # "single" or "multi" (see the module docstring)
-    batch_frames: int = 250         # most video frames per forward pass (all chunks of a batch are equally long)
-    frames: str = "utterances"      # "utterances": the track frames inside an utterance (+ context); "all"
-    context_frames: int = 25        # single mode: frames scored around each needed run (1 s)
-    fused: bool = True              # Light-ASD: folded batch norms, oneDNN convolutions (2.4x faster; rounding differs)
-
-    def __post_init__(self):
-        if self.mode not in SCORE_MODES:
-            raise ValueError(f"ASD mode {self.mode!r}: choose 'single' or 'multi'")
-        if self.frames not in SCORE_FRAMES:
-            raise ValueError(f"ASD frames {self.frames!r}: choose 'utterances' or 'all'")
-        if self.batch_frames < 1 or self.context_frames < 0:
-            raise ValueError(f"batch_frames={self.batch_frames}, context_frames={self.context_frames}: "
-                             f"need batch_frames >= 1 and context_frames >= 0")
 
 
 def model_class(name: str) -> type[AudioVisualASD]:
@@ -119,7 +98,7 @@ def build_scorer(profile: Profile, device: str | torch.device = "cpu", model: st
             network = cls()
         return network.to(device).eval()
     source = checkpoint or CHECKPOINT_URLS[name]
-    path = fetch_checkpoint(source, f"{name} ASD checkpoint", "--asd-checkpoint")
+    path = fetch_checkpoint(source, f"{name} ASD checkpoint", "AsdConfig.checkpoint")
     return cls.from_checkpoint(path, device)
 
 
@@ -135,7 +114,7 @@ def checkpoint_provenance(profile: Profile, model: str | None = None, checkpoint
         return {"asd_checkpoint": None, "asd_random_seed": profile.seed}
     source = checkpoint or CHECKPOINT_URLS[name]
     try:
-        path = fetch_checkpoint(source, f"{name} ASD checkpoint", "--asd-checkpoint")
+        path = fetch_checkpoint(source, f"{name} ASD checkpoint", "AsdConfig.checkpoint")
     except RuntimeError:  # not fetchable here: build_scorer reports it; the provenance just has no digest
         path = None
     return {"asd_checkpoint": source, "asd_checkpoint_sha256": sha256_of(path) if path else None}

@@ -15,20 +15,14 @@ between different scenes gives 0.4-0.9. The default threshold (0.35) sits betwee
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
+
+from .params import ShotParams
 
 SHOT_ANALYSIS_WIDTH = 96
 HUE_BINS = 16
 SAT_BINS = 8
-
-
-@dataclass(frozen=True)
-class ShotParams:
-    threshold: float = 0.35      # Bhattacharyya distance above which a frame starts a new shot
-    min_shot_frames: int = 10    # no boundary within this many frames of the previous one
 
 
 def frame_histograms(frames: np.ndarray) -> np.ndarray:

@@ -20,14 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .detect import Detections
-
-
-@dataclass(frozen=True)
-class TrackingParams:
-    iou_threshold: float = 0.5   # demo iouThres: a face continues a track above this IoU
-    max_gap: int = 10            # demo numFailedDet: most frames between two detections of a track
-    min_track: int = 10          # demo minTrack: keep tracks of more than this many detections (every=1)
-    min_face_size: float = 1.0   # demo minFaceSize: mean box side must exceed this (pixels)
+from .params import TrackingParams
 
 
 @dataclass
@@ -99,8 +92,8 @@ def track_shots(detections: Detections, shots: np.ndarray, first: int = 0, stop:
     """The tracks of shots ``first`` to ``stop - 1`` (default: the last), unnumbered. A shot's tracks
     depend on its own detections only, so shots can be tracked as soon as they end."""
     if detections.every > params.max_gap:
-        raise ValueError(f"detecting every {detections.every} frames leaves gaps larger than max_gap="
-                         f"{params.max_gap}; no track could continue. Use every <= {params.max_gap}.")
+        raise ValueError(f"TrackingParams.max_gap={params.max_gap}: detecting every {detections.every} frames leaves "
+                         f"larger gaps, so no track could continue; detect every <= {params.max_gap} frames")
     frames = detections.frames()
     if len(frames) == 0:
         return []
