@@ -36,7 +36,7 @@ import numpy as np
 
 from ..asd.assign import RULE_NAMES
 from ..catalogue import COLUMN
-from ..asd.pipeline import FEATURE_SET as SPEAKER_FACES, tracks_path
+from ..asd.faces import FEATURE_SET as SPEAKER_FACES, tracks_path
 from ..corpus import EMOTIONS, SPLITS, Corpus, Dialogue
 from ..stats import split_stats
 from ..timecode import DEFAULT_FPS

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..asd.assign import RULE_NAMES
 from ..catalogue import BOX, COLUMN
-from ..asd.pipeline import FEATURE_SET, read_dialogue_faces
+from ..asd.faces import FEATURE_SET, read_dialogue_faces
 from ..corpus import Corpus, Dialogue
 from ..locate import MediaSource
 from ..media import MediaError, ffmpeg_exe
