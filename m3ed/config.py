@@ -8,7 +8,7 @@
     config.asd.model = "light-asd"
     record = extract(config)                 # what run.json holds
 
-``m3ed-extract`` fills the same tree from its options (:mod:`m3ed.pipelines.cli` generates them
+``m3ed-extract`` fills the same tree from its options (:mod:`m3ed.pipelines.arguments` generates them
 from the fields below and the stages' option classes). ``OUT/run.json`` stores
 ``dataclasses.asdict(config)`` under ``"config"``; :meth:`ExtractConfig.from_dict` reads it back.
 """
@@ -21,13 +21,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .asd.pipeline import AsdOptions
+from .asd.options import AsdOptions
 from .corpus import Corpus
-from .device import PRECISIONS
 from .errors import ConfigurationError
-from .extract.audio import AudioOptions
-from .extract.face import VisualOptions
-from .extract.text import TextOptions
+from .extract.options import AudioOptions, TextOptions, VisualOptions
 from .locate import MediaSource, Timing
 from .options import from_dict, option
 from .profiles import PROFILES
@@ -36,6 +33,7 @@ from .stage import stage_names
 from .timecode import DEFAULT_FPS
 
 ENGINES = ("local", "ray")
+PRECISIONS = ("fp32", "bf16", "fp16")   # as m3ed.device.PRECISIONS, which imports torch (a test keeps them equal)
 log = logging.getLogger(__name__)
 
 

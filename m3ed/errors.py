@@ -18,7 +18,3 @@ EXIT_RESOURCES = 4      # out of resources (disk full): free them and re-run (it
 
 class ConfigurationError(Exception):
     """The run cannot start or go on as configured; the message says what to change."""
-
-
-class DataError(ValueError):
-    """One dialogue's or utterance's input is unusable; the message names it and what is wrong."""

@@ -1,7 +1,7 @@
 """Configuration fields that know how the command line shows them, and dataclasses from plain dicts.
 
 The library is configured with dataclasses (:mod:`m3ed.config`); the command line is generated
-from them (:mod:`m3ed.pipelines.cli`), so each option is named, defaulted and explained once, here
+from them (:mod:`m3ed.pipelines.arguments`), so each option is named, defaulted and explained once, here
 beside the code it configures. ``run.json`` stores a configuration with :func:`dataclasses.asdict`
 and :func:`from_dict` reads it back.
 """
@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 def option(default: Any, help: str, *, flag: str | None = None, **cli: Any) -> Any:
     """A dataclass field with its command-line form: ``help`` (may use ``%(default)s``), the flag
-    (default ``--{section}-{name}``, see :mod:`m3ed.pipelines.cli`) and other argparse keywords
+    (default ``--{section}-{name}``, see :mod:`m3ed.pipelines.arguments`) and other argparse keywords
     (``choices``, ``metavar``, ``type``)."""
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, **cli})
 

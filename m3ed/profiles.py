@@ -121,12 +121,21 @@ def fetch_checkpoint(url_or_path: str, what: str, option: str) -> Path:
     import torch.hub
 
     target = Path(torch.hub.get_dir()) / "checkpoints" / "m3ed" / url_or_path.rstrip("/").split("/")[-1]
-    if target.exists():
+    return download_once(url_or_path, target, what, f"download it from {url_or_path} to {target}, or pass a local file "
+                                                    f"with {option} PATH")
+
+
+def download_once(url: str, target: Path, what: str, how: str, *, name: str | None = None,
+                  progress: bool = True) -> Path:
+    """``target``, downloaded from ``url`` the first time; where it cannot be downloaded,
+    :class:`ModelUnavailable` for ``what`` (called ``name``, default the URL) saying ``how`` to provide it."""
+    if target.is_file():
         return target
+    import torch.hub
+
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(url_or_path, str(target), progress=True)
-    except Exception as e:  # urllib raises many kinds; all mean "not downloadable here"
-        how = f"download it from {url_or_path} to {target}, or pass a local file with {option} PATH"
-        raise unavailable(what, url_or_path, how, e) from e
+        torch.hub.download_url_to_file(url, str(target), progress=progress)
+    except Exception as e:  # urllib/socket raise many kinds; all mean "not downloadable here"
+        raise unavailable(what, name or url, how, e) from e
     return target

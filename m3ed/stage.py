@@ -5,7 +5,7 @@ them (``m3ed.pipelines``). A stage class joins the registry with ``@register_sta
 are a dataclass (``options``, a section of :class:`m3ed.config.ExtractConfig` named like the stage),
 and ``from_config(options, context)`` builds it, loading its models.
 
-A stage turns dialogues into features. The runner (:mod:`m3ed.pipelines.extract`) hands it fixed
+A stage turns dialogues into features. The runner (:mod:`m3ed.pipelines.runner`) hands it fixed
 groups of consecutive dialogues (``group_size``), so that it can batch across dialogues; the group
 boundaries never depend on what is already done, so a resumed run computes exactly what an
 uninterrupted run computes. A stage reports per dialogue: features per feature set, utterance-level
@@ -65,14 +65,8 @@ class Stage:
 
     def preflight(self) -> None:
         """Check, before any work, that the stage's models can be had; raise
-        :class:`m3ed.profiles.ModelUnavailable` (a configuration error) when they cannot.
-        By default: the Hugging Face model of ``config.model`` (the text and audio stages)."""
-        from .extract.hf_models import ModelSpec
-        from .profiles import check_pretrained
-
-        spec = getattr(getattr(self, "config", None), "model", None)
-        if isinstance(spec, ModelSpec):
-            check_pretrained(spec.name, f"{self.name} model", f"--{self.name}-model", spec.revision)
+        :class:`m3ed.profiles.ModelUnavailable` (a configuration error) when they cannot. A stage
+        that loads its models when built (``from_config``) has nothing more to check."""
 
     def provenance(self) -> dict:
         """Everything that determines the output (model id, revision, options). Hashed, and stored
@@ -91,9 +85,10 @@ class Stage:
 
 
 _REGISTRY: dict[str, type[Stage]] = {}
-# The built-in stages, imported on demand so that `m3ed --help` stays fast. Their order is the run
-# order; a stage's ``needs`` must come before it.
-BUILTIN_STAGE_MODULES = ("m3ed.extract.text", "m3ed.extract.audio", "m3ed.asd.pipeline", "m3ed.extract.face")
+# The built-in stages in run order (a stage's ``needs`` come before it) and the module that registers
+# each: imported only when the stage is wanted, so that the command line starts without torch.
+BUILTIN_STAGES = {"text": "m3ed.extract.text", "audio": "m3ed.extract.audio", "asd": "m3ed.asd.stage",
+                  "visual": "m3ed.extract.face"}
 CUT = "cut"   # writes clips for other tools rather than features; the runner calls it directly
 
 
@@ -107,27 +102,26 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 def stage_registry() -> dict[str, type[Stage]]:
     """Every registered stage, in run order: the built-in ones as listed, then others as registered
-    (whatever order modules happened to be imported in)."""
-    for module in BUILTIN_STAGE_MODULES:
-        importlib.import_module(module)
-
-    def rank(cls: type[Stage]) -> int:
-        builtin = cls.__module__ in BUILTIN_STAGE_MODULES
-        return BUILTIN_STAGE_MODULES.index(cls.__module__) if builtin else len(BUILTIN_STAGE_MODULES)
-
-    return {cls.name: cls for cls in sorted(_REGISTRY.values(), key=rank)}
+    (whatever order modules happened to be imported in). Imports every built-in stage."""
+    for name in BUILTIN_STAGES:
+        stage_class(name)
+    return {name: _REGISTRY[name] for name in stage_names()[1:]}
 
 
 def stage_names() -> tuple[str, ...]:
-    """What ``--stages`` accepts, in run order."""
-    return (CUT, *stage_registry())
+    """What ``--stages`` accepts, in run order (imports no stage)."""
+    return (CUT, *BUILTIN_STAGES, *(name for name in _REGISTRY if name not in BUILTIN_STAGES))
 
 
 def stage_class(name: str) -> type[Stage]:
-    registry = stage_registry()
-    if name not in registry:
+    """The stage class of ``name``, its module imported on first use."""
+    if name in BUILTIN_STAGES and name not in _REGISTRY:
+        importlib.import_module(BUILTIN_STAGES[name])
+        if name not in _REGISTRY:
+            raise ValueError(f"{BUILTIN_STAGES[name]} registers no stage named {name!r} (m3ed.stage.BUILTIN_STAGES)")
+    if name not in _REGISTRY:
         raise ValueError(f"unknown stage {name!r}; choose from {', '.join(stage_names())}")
-    return registry[name]
+    return _REGISTRY[name]
 
 
 def build_stage(name: str, options: Any, context: RunContext) -> Stage:

@@ -118,10 +118,6 @@ class FeatureStore:
                                     f"{', '.join(self.feature_sets()) or 'none'}")
         return FeatureReader(path)
 
-    def tracks_path(self, dialogue_id: str) -> Path:
-        """The asd stage's record of a dialogue's face tracks and scores (``OUT/asd/{dialogue}.json``)."""
-        return self.root / "asd" / f"{_file_name(dialogue_id)}.json"
-
     def part_path(self, feature_set: str, dialogue_id: str) -> Path:
         return self.parts_dir / feature_set / f"{_file_name(dialogue_id)}.h5"
 

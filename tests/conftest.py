@@ -70,6 +70,19 @@ def models_cache(tmp_path_factory) -> Path:
     return path
 
 
+def _published_outputs(out: Path) -> dict[str, bytes]:
+    """The bytes of what an output directory publishes: every feature file, failures.jsonl, manifest.jsonl."""
+    files = sorted((out / "features").glob("*.h5")) + [out / "failures.jsonl", out / "manifest.jsonl"]
+    return {p.name: p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="session")
+def published_outputs():
+    """``published_outputs(OUT)``: file name -> bytes of what OUT publishes, for runs that must write the
+    same bytes (a resumed run, shards and their merge, the Ray engine)."""
+    return _published_outputs
+
+
 def frame_code_image(index: int, width: int = 160, height: int = 120) -> np.ndarray:
     """A frame that shows its own index as 8 black/white blocks (survives H.264 compression)."""
     image = np.full((height, width, 3), 128, np.uint8)

@@ -41,11 +41,6 @@ def _env(cache: Path) -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "M3ED_CACHE": str(cache), "PYTHONPATH": str(REPO)}
 
 
-def _outputs(out: Path) -> dict[str, bytes]:
-    files = sorted((out / "features").glob("*.h5")) + [out / "failures.jsonl", out / "manifest.jsonl"]
-    return {p.name: p.read_bytes() for p in files}
-
-
 def _parts(out: Path) -> int:
     return len(list((out / ".parts").rglob("*.h5"))) if (out / ".parts").exists() else 0
 
@@ -57,12 +52,12 @@ def big_corpus(tmp_path_factory, sample_corpus, sample_paths):
     return path
 
 
-def test_killed_run_resumes_to_identical_output(big_corpus, tmp_path, models_cache):
+def test_killed_run_resumes_to_identical_output(big_corpus, tmp_path, models_cache, published_outputs):
     env = _env(models_cache)
     reference = tmp_path / "reference"
     done = subprocess.run(_command(big_corpus, reference), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    expected = _outputs(reference)
+    expected = published_outputs(reference)
     assert {"roberta_frame.h5", "roberta_mean.h5", "wav2vec2_frame.h5", "wav2vec2_mean.h5"} <= set(expected)
 
     out = tmp_path / "killed"
@@ -84,7 +79,7 @@ def test_killed_run_resumes_to_identical_output(big_corpus, tmp_path, models_cac
     assert kills >= 2, "the run finished before it could be interrupted twice"
     final = subprocess.run(_command(big_corpus, out), env=env, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-2000:]
-    assert _outputs(out) == expected
+    assert published_outputs(out) == expected
     run = json.loads((out / "run.json").read_text())
     assert run["complete"] and not (out / ".parts").exists() or not list((out / ".parts").rglob("*.h5"))
 
@@ -127,7 +122,7 @@ def _ffmpeg() -> str:
     return ffmpeg_exe()
 
 
-def test_rerun_of_a_finished_run_keeps_everything(tmp_path, sample_corpus, models_cache):
+def test_rerun_of_a_finished_run_keeps_everything(tmp_path, sample_corpus, models_cache, published_outputs):
     """A second identical run reuses the published files and keeps the failures already recorded."""
     from m3ed.pipelines.cli import extract_main
 
@@ -139,10 +134,10 @@ def test_rerun_of_a_finished_run_keeps_everything(tmp_path, sample_corpus, model
     argv = ["--annotations", str(corpus_path), "--out", str(tmp_path / "out"), "--stages", "text",
             "--profile", "tiny", "--device", "cpu", "--no-progress"]
     assert extract_main(argv) == 0
-    first = _outputs(tmp_path / "out")
+    first = published_outputs(tmp_path / "out")
     assert b"empty text" in first["failures.jsonl"]
     assert extract_main(argv) == 0
-    assert _outputs(tmp_path / "out") == first
+    assert published_outputs(tmp_path / "out") == first
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["stages"]["text"]["reused"] is True
     # A run of another stage keeps the text stage's failures on record.
@@ -173,3 +168,19 @@ def test_cut_runs_beside_the_stages_after_it(tmp_path, sample_corpus, models_cac
     for utterance in d.utterances:
         clip = tmp_path / "both" / "clips" / "utterances" / d.show / f"{utterance.id}.mp4"
         assert abs(probe(clip).duration - utterance.duration) < 0.1
+
+
+@pytest.mark.parametrize("stage, hub_id", [("text", "hfl/chinese-roberta-wwm-ext"),
+                                           ("audio", "jonatasgrosman/wav2vec2-large-xlsr-53-chinese-zh-cn")])
+def test_each_stage_checks_its_model_before_any_work(tmp_path, capfd, monkeypatch, stage, hub_id):
+    """The text and audio stages load their models lazily; their preflight finds an unavailable one first."""
+    from m3ed.pipelines.cli import extract_main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--stages", stage, "--profile", "paper", "--device", "cpu", "--no-progress", "--no-report"]
+    assert extract_main(argv) == 2
+    err = capfd.readouterr().err
+    assert hub_id in err and f"--{stage}-model PATH" in err and "Traceback" not in err
+    assert not (out / "manifest.jsonl").exists(), "stopped before the run began, not when the stage loaded it"

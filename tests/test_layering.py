@@ -50,9 +50,65 @@ def test_the_import_walk_sees_a_violation(tmp_path):
         bad.unlink()
 
 
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports anywhere in its body (at the top or inside a
+    function); ``m3ed.pipelines.cli`` also imports, by name, the modules of its subcommands."""
+    from m3ed.pipelines.cli import SUBCOMMANDS
+
+    paths = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in PACKAGE.rglob("*.py")}
+    graph = {m: {n for n in _imports(p) if n in paths and n != m} for m, p in paths.items()}
+    graph["m3ed.pipelines.cli"] |= {module for module, _, _ in SUBCOMMANDS.values()}
+    return graph
+
+
+def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module == goal:
+            return True
+        if module not in seen:
+            seen.add(module)
+            todo += graph.get(module, ())
+    return False
+
+
+CYCLES_REMOVED = [("m3ed.pipelines.extract", "m3ed.pipelines.ray_engine"), ("m3ed.pipelines.finetune", "m3ed.pipelines.cli")]
+
+
+@pytest.mark.parametrize("first, second", CYCLES_REMOVED)
+def test_no_import_cycle_between(first, second):
+    """The runner and its engines, and the command line and its subcommands, import in one direction only."""
+    graph = _module_graph()
+    assert _reaches(graph, second, first) or _reaches(graph, first, second), "the walk sees the modules"
+    assert not (_reaches(graph, first, second) and _reaches(graph, second, first))
+
+
+def test_no_pipelines_module_is_in_an_import_cycle():
+    graph = _module_graph()
+    cycles = [f"{a} <-> {b}" for a in graph if a.startswith("m3ed.pipelines.") for b in graph[a]
+              if _reaches(graph, b, a)]
+    assert cycles == []
+
+
+def test_the_cycle_check_sees_a_cycle():
+    """The checks above can fail: an engine importing the job back is a cycle."""
+    graph = _module_graph()
+    graph["m3ed.pipelines.ray_engine"].add("m3ed.pipelines.extract")
+    first, second = CYCLES_REMOVED[0]
+    assert _reaches(graph, first, second) and _reaches(graph, second, first)
+
+
+def test_the_stage_contract_imports_no_stage():
+    """``m3ed.stage`` sits below the stages: no import of theirs, not even inside a function."""
+    offenders = [name for name in _imports(PACKAGE / "stage.py") if name.startswith(("m3ed.extract", "m3ed.asd"))]
+    assert offenders == []
+
+
 def test_registry_holds_the_builtin_stages_in_run_order():
     import m3ed.extract.face  # noqa: F401  (imported out of order on purpose: the run order must not change)
-    import m3ed.asd.pipeline  # noqa: F401
+    import m3ed.asd.stage  # noqa: F401
 
     registry = stage_registry()
     assert list(registry) == ["text", "audio", "asd", "visual"] and stage_names()[0] == "cut"

@@ -58,22 +58,17 @@ def _argv(corpus_path: Path, out: Path, *extra: str) -> list[str]:
             "--device", "cpu", "--no-progress", "--no-report", *extra]
 
 
-def _outputs(out: Path) -> dict[str, bytes]:
-    files = sorted((out / "features").glob("*.h5")) + [out / "failures.jsonl", out / "manifest.jsonl"]
-    return {p.name: p.read_bytes() for p in files}
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, corpus_path, models_cache):
+def reference(tmp_path_factory, corpus_path, models_cache, published_outputs):
     out = tmp_path_factory.mktemp("local") / "out"
     assert extract_main(_argv(corpus_path, out)) == 0
-    return _outputs(out)
+    return published_outputs(out)
 
 
-def test_ray_engine_writes_what_the_local_engine_writes(tmp_path, corpus_path, reference, local_ray):
+def test_ray_engine_writes_what_the_local_engine_writes(tmp_path, corpus_path, reference, local_ray, published_outputs):
     out = tmp_path / "out"
     assert extract_main(_argv(corpus_path, out, "--engine", "ray")) == 0
-    assert _outputs(out) == reference
+    assert published_outputs(out) == reference
     assert len(reference) == 6
 
 
@@ -89,7 +84,8 @@ def _actor_pids() -> list[int]:
     return pids
 
 
-def test_a_killed_actor_is_replaced_and_the_output_is_the_same(tmp_path, corpus_path, reference, local_ray):
+def test_a_killed_actor_is_replaced_and_the_output_is_the_same(tmp_path, corpus_path, reference, local_ray,
+                                                                   published_outputs):
     out = tmp_path / "out"
     killed: list[int] = []
 
@@ -109,4 +105,4 @@ def test_a_killed_actor_is_replaced_and_the_output_is_the_same(tmp_path, corpus_
     assert extract_main(_argv(corpus_path, out, "--engine", "ray")) == 0
     killer.join(timeout=5)
     assert killed, "no actor was running mid-stage to be killed"
-    assert _outputs(out) == reference
+    assert published_outputs(out) == reference

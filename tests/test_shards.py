@@ -27,11 +27,6 @@ def _corpus(sample_corpus, videos, copies=2) -> Corpus:
     return Corpus(tuple(dialogues))
 
 
-def _outputs(out):
-    files = sorted((out / "features").glob("*.h5")) + [out / "failures.jsonl", out / "manifest.jsonl"]
-    return {p.name: p.read_bytes() for p in files}
-
-
 def test_split_is_deterministic_balanced_and_complete(sample_corpus, sample_paths):
     corpus = _corpus(sample_corpus, sample_paths["videos"], copies=3)
     owner = Shard.assignment(corpus, 3)
@@ -54,7 +49,8 @@ def test_shard_from_options_and_environments():
             shard_from(bad, shards, env)
 
 
-def test_three_shards_then_merge_equal_one_run(tmp_path, sample_corpus, sample_paths, models_cache, capsys):
+def test_three_shards_then_merge_equal_one_run(tmp_path, sample_corpus, sample_paths, models_cache, capsys,
+                                                published_outputs):
     corpus_path = tmp_path / "corpus.jsonl"
     # 36 dialogues: two text groups (32 dialogues each) and three audio groups (16) to share among 3 shards.
     _corpus(sample_corpus, sample_paths["videos"], copies=12).to_jsonl(corpus_path)
@@ -79,7 +75,7 @@ def test_three_shards_then_merge_equal_one_run(tmp_path, sample_corpus, sample_p
         _, err = process.communicate(timeout=900)
         assert process.returncode == 0, err[-2000:]
     assert main(["merge", str(sharded), "--no-report"]) == 0
-    assert _outputs(sharded) == _outputs(tmp_path / "one")
+    assert published_outputs(sharded) == published_outputs(tmp_path / "one")
 
 
 def test_merge_refuses_shards_of_different_configurations(tmp_path, sample_corpus, sample_paths, models_cache, capsys):
@@ -93,7 +89,8 @@ def test_merge_refuses_shards_of_different_configurations(tmp_path, sample_corpu
     assert "different configurations" in capsys.readouterr().err
 
 
-def test_a_shard_runs_the_visual_stage_on_its_own_speaker_faces(tmp_path, sample_corpus, sample_paths, models_cache):
+def test_a_shard_runs_the_visual_stage_on_its_own_speaker_faces(tmp_path, sample_corpus, sample_paths, models_cache,
+                                                                  published_outputs):
     """Every stage in one shard command (the deploy scripts' way): the visual stage reads the speaker
     faces its shard's asd stage left unpublished, and the merge equals one run."""
     corpus_path = tmp_path / "corpus.jsonl"
@@ -107,6 +104,6 @@ def test_a_shard_runs_the_visual_stage_on_its_own_speaker_faces(tmp_path, sample
     for i in range(2):
         assert extract_main(base + ["--out", str(sharded), "--shard", f"{i}/2"]) == 0
     assert main(["merge", str(sharded), "--no-report"]) == 0
-    outputs = _outputs(sharded)
+    outputs = published_outputs(sharded)
     assert {"speaker_faces.h5", "denseface_frame.h5", "denseface_mean.h5"} <= outputs.keys()
-    assert outputs == _outputs(tmp_path / "one")
+    assert outputs == published_outputs(tmp_path / "one")

@@ -46,18 +46,17 @@ from ..corpus import Dialogue
 from ..errors import ConfigurationError
 from ..locate import MediaSource
 from ..media import SAMPLE_RATE, MediaError
-from ..options import option
 from ..stage import DialogueResult, RunContext, Stage, register_stage
 from ..store import Failure
 from .batching import BatchBudget, plan_batches, restore_order, split_on_oom
-from .hf_models import ModelSpec, autocast, load_audio, model_spec
+from .hf_models import ModelSpec, autocast, check_model, load_audio, model_spec
+from .options import MEAN_CLIPS, AudioOptions
 from .text import _fingerprint
 
 log = logging.getLogger(__name__)
 
 FRAME, MEAN, FT_LAST = "wav2vec2_frame", "wav2vec2_mean", "wav2vec2_ft_last"
 NO_AUDIO = "no audio: the utterance span holds no samples of the decoded dialogue"
-MEAN_CLIPS = ("before", "after")
 FINETUNE_RECORD = "finetune.json"   # written by `m3ed finetune`; its "input" entry is the InputRule
 
 
@@ -237,34 +236,6 @@ class AudioEncoder:
         del self.model
 
 
-@dataclass
-class AudioOptions:
-    """The audio stage's options, as a user gives them (``ExtractConfig.audio``; ``--audio-*``)."""
-
-    model: str | None = option(None, "another Wav2Vec2-style encoder (hub id or local directory) instead of the "
-                                     "profile's", metavar="ID|PATH")
-    finetuned: str | None = option(None, "checkpoint of `m3ed finetune audio`; adds the wav2vec2_ft_last feature set",
-                                   metavar="DIR")
-    mean_max_seconds: float = option(10.0, "wav2vec2_mean averages the first S seconds, as the authors "
-                                           "(default: %(default)s; 0: the whole utterance)", metavar="S")
-    mean_clip: str = option("before", "before: clip the waveform to S seconds and encode the clip (the authors); "
-                                      "after: average the first S seconds of the whole utterance's frames "
-                                      "(default: %(default)s)", choices=MEAN_CLIPS)
-    ft_seconds: float | None = option(None, "the fine-tuned model's input: the utterance normalised, then zero-padded "
-                                            "or clipped to S seconds (0: the whole utterance). Default: the rule the "
-                                            "checkpoint was trained with (m3ed finetune audio records it), else 4, "
-                                            "the authors'", metavar="S")
-    chunk_seconds: float = option(30.0, "longer utterances are encoded in overlapping windows of S seconds "
-                                        "(default: %(default)s)", metavar="S")
-    batch_seconds: float = option(60.0, "padded audio per batch (default: %(default)s)", metavar="S")
-    sets: tuple[str, ...] | None = option(None, "comma-separated feature sets to write, of wav2vec2_frame, "
-                                                "wav2vec2_mean, wav2vec2_ft_last (default: all that the options "
-                                                "allow); without wav2vec2_frame, only the audio the others read is "
-                                                "encoded (wav2vec2_mean: the first --audio-mean-max-seconds)",
-                                          type=lambda text: tuple(x.strip() for x in text.split(",") if x.strip()),
-                                          metavar="SETS")
-
-
 @dataclass(frozen=True)
 class AudioConfig:
     model: ModelSpec
@@ -338,6 +309,9 @@ class AudioStage(Stage):
                              ft_seconds=options.ft_seconds, chunk_seconds=options.chunk_seconds,
                              batch_seconds=options.batch_seconds, sets=options.sets)
         return cls(config, context.device, context.precision)
+
+    def preflight(self) -> None:
+        check_model(self.config.model, self.name)
 
     def provenance(self) -> dict:
         rule = asdict(self.ft_rule) if self.ft_rule else None

@@ -33,20 +33,16 @@ from ..corpus import Dialogue
 from ..device import autocast, side_by_side
 from ..media import MediaError
 from ..models.densenet_fer import FACE_SIZE, M3ED_FACE_MEAN, M3ED_FACE_STD, DenseNetFER, preprocess
-from ..options import option
 from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register_stage
 from ..profiles import Profile, fetch_checkpoint, unavailable
 from ..store import Failure, FeatureReader, PartsReader
 from ..timecode import DEFAULT_FPS
 from ..weights import sha256_of
 from .batching import split_on_oom
+from .options import CROPS, DEFAULT_CROP_SCALE, VisualOptions
 
 FRAME_SET, MEAN_SET = "denseface_frame", "denseface_mean"
 SPEAKER_FACES = "speaker_faces"
-#: ``square`` crops: side relative to the detector box's longer side (MTCNN boxes are tight,
-#: FER+/AffectNet training faces show a little forehead and chin around them).
-DEFAULT_CROP_SCALE = 1.2
-CROPS = ("tight", "square")  # the authors' stretched detector box; our 1.2x square
 #: On CPU a batch runs through DenseNet in pieces of this many faces. Its activations are large
 #: (216 x 32 x 32 floats a face at the end of the first block, rewritten by every layer's concatenation,
 #: norm and ReLU): a few dozen faces stay in the caches, 256 spill to memory (measured 2-2.5x slower on
@@ -148,23 +144,6 @@ def square_crop(frame_rgb: np.ndarray, box: np.ndarray, scale: float = DEFAULT_C
     patch = gray[top + pad: top + pad + size, left + pad: left + pad + size]
     interpolation = cv2.INTER_AREA if size > FACE_SIZE else cv2.INTER_LINEAR
     return cv2.resize(patch, (FACE_SIZE, FACE_SIZE), interpolation=interpolation)
-
-
-@dataclass
-class VisualOptions:
-    """The visual stage's options, as a user gives them (``ExtractConfig.visual``; ``--fer-*``)."""
-
-    checkpoint: str | None = option(None, "DenseNet FER state dict (features.*, classifier.*), e.g. from "
-                                          "`m3ed train-fer`; required by the paper profile", flag="--fer-checkpoint",
-                                    metavar="PATH")
-    mean: float = option(FaceConfig.mean, "gray-value mean for (x - mean) / std (default: the authors' %(default)s)",
-                         flag="--fer-mean")
-    std: float = option(FaceConfig.std, "gray-value std (default: the authors' %(default)s)", flag="--fer-std")
-    crop: str = option(FaceConfig.crop, "tight: the detector box stretched to 64x64, as the authors (their normalisation "
-                                "constants come from such crops); square: a square around the box, --fer-crop-scale "
-                                "times its longer side (default: %(default)s)", flag="--fer-crop", choices=CROPS)
-    crop_scale: float = option(FaceConfig.crop_scale, "square crops: side relative to the box's longer side "
-                                                   "(default: %(default)s)", flag="--fer-crop-scale")
 
 
 @register_stage

@@ -24,7 +24,7 @@ from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, AutoToken
 from ..files import atomic_dir
 from ..media import SAMPLE_RATE
 from ..device import autocast  # noqa: F401  (the text and audio stages' precision)
-from ..profiles import Profile, cache_dir, load_pretrained
+from ..profiles import Profile, cache_dir, check_pretrained, load_pretrained
 
 # hfl/chinese-roberta-wwm-ext: a BERT (not a RoBERTa) architecture with a character-level vocabulary.
 BERT_CHINESE = dict(vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -125,6 +125,12 @@ def model_spec(profile: Profile, what: str, override: str | None = None) -> Mode
     name, revision = ((profile.text_model, profile.text_revision) if what == "text"
                       else (profile.audio_model, profile.audio_revision))
     return ModelSpec(name, revision)
+
+
+def check_model(spec: ModelSpec, stage: str) -> None:
+    """Before any work: raise :class:`m3ed.profiles.ModelUnavailable` when the model of stage ``stage``
+    (``--{stage}-model``) cannot be had."""
+    check_pretrained(spec.name, f"{stage} model", f"--{stage}-model", spec.revision)
 
 
 @contextlib.contextmanager

@@ -30,17 +30,16 @@ import torch
 
 from ..corpus import Dialogue, Utterance
 from ..errors import ConfigurationError
-from ..options import option
 from ..stage import DialogueResult, RunContext, Stage, register_stage
 from ..store import Failure
 from .batching import BatchBudget, plan_batches, restore_order, split_on_oom
-from .hf_models import ModelSpec, autocast, load_text, model_spec, quiet_transformers
+from .hf_models import ModelSpec, autocast, check_model, load_text, model_spec, quiet_transformers
+from .options import SPECIAL_TOKEN_CHOICES, TextOptions
 
 log = logging.getLogger(__name__)
 
 FRAME, MEAN, FT_CLS = "roberta_frame", "roberta_mean", "roberta_ft_cls"
 EMPTY_TEXT = "empty text"
-SPECIAL_TOKEN_CHOICES = ("keep", "drop")
 
 
 @dataclass(frozen=True)
@@ -127,21 +126,6 @@ class TextEncoder:
         del self.model
 
 
-@dataclass
-class TextOptions:
-    """The text stage's options, as a user gives them (``ExtractConfig.text``; ``--text-*``)."""
-
-    model: str | None = option(None, "another Hugging Face encoder (hub id or local directory) instead of the "
-                                     "profile's", metavar="ID|PATH")
-    layer: int | None = option(None, "hidden layer to use: 0 = embeddings, -1 = last (default: last)", metavar="N")
-    batch_tokens: int = option(8192, "padded tokens per batch (default: %(default)s)", metavar="N")
-    finetuned: str | None = option(None, "checkpoint of `m3ed finetune text`; adds the roberta_ft_cls feature set",
-                                   metavar="DIR")
-    special_tokens: str = option("keep", "roberta_frame with [CLS] and [SEP] (keep: as the authors stored it) or "
-                                         "without them (drop); roberta_mean never includes them (default: %(default)s)",
-                                 choices=SPECIAL_TOKEN_CHOICES)
-
-
 @dataclass(frozen=True)
 class TextConfig:
     """What the stage runs with: the options with the model resolved against the profile."""
@@ -196,7 +180,7 @@ class TextStage(Stage):
         return cls(config, context.device, context.precision)
 
     def preflight(self) -> None:
-        super().preflight()
+        check_model(self.config.model, self.name)
         if self.config.layer is not None:   # found before any work, from the model's config alone
             from transformers import AutoConfig
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import gc
 import importlib
+import importlib.util
 import json
 import logging
 import signal
@@ -18,77 +18,19 @@ import typing
 from collections import Counter
 from pathlib import Path
 
-from ..config import STAGE_SECTIONS, CorpusOptions, ExtractConfig, MediaOptions, RunOptions, load_corpus, media_source
-from ..corpus import Corpus
+from ..config import STAGE_SECTIONS, ExtractConfig, RunOptions, media_source
 from ..errors import EXIT_DATA_FAILURES, EXIT_INTERNAL, EXIT_OK, EXIT_RESOURCES, EXIT_USAGE, ConfigurationError
 from ..files import DiskFull, quiet_disk_full_cleanup
-from ..locate import MediaSource
 from ..lock import LockError
 from ..media import MediaError
+from ..stage import stage_names
 from ..stats import format_tables, split_stats
 from ..store import FeatureStore
 from ..validate import validate
-from ..stage import stage_registry
+from .arguments import (add_corpus_arguments, add_media_arguments, add_options, config_from_args, load_corpus_from_args,
+                        media_from_args)
 
 log = logging.getLogger(__name__)
-
-
-# ---- options generated from the configuration dataclasses (m3ed.config) -------------------------
-def add_options(parser: argparse.ArgumentParser, cls: type, section: str, title: str) -> None:
-    """One option per field of ``cls`` that has help (:func:`m3ed.options.option`), stored as
-    ``section.field``: flag ``--{section}-{field}`` unless the field names its own."""
-    group = parser.add_argument_group(title)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
-            continue
-        cli = {k: v for k, v in f.metadata.items() if k not in ("help", "flag")}
-        flag = f.metadata.get("flag") or f"--{section}-{f.name.replace('_', '-')}"
-        kind = _base_type(hints[f.name])
-        if kind is bool:   # a switch: --strict sets True; --no-report sets report False
-            cli["action"] = "store_false" if f.default else "store_true"
-        else:
-            cli.setdefault("type", kind)
-            if "choices" not in cli:
-                cli.setdefault("metavar", f.name.upper())
-        group.add_argument(flag, dest=f"{section}.{f.name}", default=f.default, help=f.metadata["help"], **cli)
-
-
-def options_from(args: argparse.Namespace, cls: type, section: str):
-    """The ``cls`` dataclass of the options :func:`add_options` added (defaults for those it did not)."""
-    values = {f.name: getattr(args, f"{section}.{f.name}") for f in dataclasses.fields(cls)
-              if hasattr(args, f"{section}.{f.name}")}
-    return cls(**values)
-
-
-def _base_type(hint):
-    """``int`` of ``int | None``; ``str`` for anything else that is not a plain scalar."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    hint = args[0] if len(args) == 1 else hint
-    return hint if hint in (bool, int, float, str) else str
-
-
-def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
-    add_options(parser, CorpusOptions, "corpus", "annotations")
-
-
-def add_media_arguments(parser: argparse.ArgumentParser) -> None:
-    add_options(parser, MediaOptions, "media", "videos")
-
-
-def config_from_args(args: argparse.Namespace) -> ExtractConfig:
-    """The :class:`ExtractConfig` of a command's options (defaults for the sections it lacks)."""
-    sections = typing.get_type_hints(ExtractConfig)
-    return ExtractConfig(**{name: options_from(args, cls, name) for name, cls in sections.items()})
-
-
-def load_corpus_from_args(args: argparse.Namespace, *, log_problems: bool = True, refuse_broken_files: bool = True) -> Corpus:
-    return load_corpus(options_from(args, CorpusOptions, "corpus"), log_problems=log_problems,
-                       refuse_broken_files=refuse_broken_files)
-
-
-def media_from_args(args: argparse.Namespace) -> MediaSource:
-    return media_source(config_from_args(args))
 
 
 # ---- m3ed-extract -------------------------------------------------------------------------------
@@ -107,19 +49,21 @@ def build_extract_parser(parser: argparse.ArgumentParser | None = None) -> argpa
     add_media_arguments(parser)
     add_options(parser, RunOptions, "run", "run")
     add_debug_argument(parser)
-    for name, stage in stage_registry().items():
+    sections = typing.get_type_hints(ExtractConfig)   # a stage's options class, without importing the stage
+    for name in stage_names():
         if name in STAGE_SECTIONS:
-            add_options(parser, stage.options, name, f"{name} stage")
+            add_options(parser, sections[name], name, f"{name} stage")
     return parser
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from .extract import extract, resolve
+    from .extract import extract_resolved, resolve, run_context
 
     config = resolve(config_from_args(args))
     print("m3ed-extract configuration:\n" + json.dumps(config.to_dict(), indent=2, ensure_ascii=False, default=str))
-    record = extract(config)
-    store = FeatureStore(config.run.out)
+    context = run_context(config)
+    record = extract_resolved(context, config)
+    store = context.store
     if record.get("sharded"):
         print(f"shard {record['shard']} done; publish with `m3ed merge {store.root}` once every shard is")
         return EXIT_DATA_FAILURES if record["failed_dialogues"] or record["refused_utterances"] else EXIT_OK
@@ -266,7 +210,7 @@ def _run_cut(args: argparse.Namespace) -> int:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from .extract import merge
+    from .merge import merge
 
     record = merge(args.out)
     code = report_run(FeatureStore(args.out), record)
@@ -288,22 +232,32 @@ def _run_validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-# Subcommands contributed by other modules: (module, function adding the subparser).
-SUBCOMMANDS = (
-    ("m3ed.pipelines.finetune", "add_finetune_parser"),
-    ("m3ed.pipelines.track_faces", "add_faces_parser"),
-    ("m3ed.pipelines.viz", "add_viz_parser"),
-    ("m3ed.pipelines.train_fer", "add_train_fer_parser"),
-    ("m3ed.pipelines.train", "add_train_parser"),
-    ("m3ed.pipelines.export", "add_export_parser"),
-    ("m3ed.pipelines.make_synthetic", "add_synthetic_parser"),
-    ("m3ed.pipelines.prefetch", "add_prefetch_parser"),
-    ("m3ed.pipelines.report", "add_report_parser"),
-    ("m3ed.pipelines.inspect_h5", "add_inspect_parser"),
-)
+# Subcommands of other modules, imported only when named (so that `m3ed --help` loads no model code):
+# name -> (module, function adding its subparser, the help line `m3ed --help` shows).
+SUBCOMMANDS = {
+    "finetune": ("m3ed.pipelines.finetune", "add_finetune_parser",
+                 "fine-tune the text or audio encoder on the emotions (checkpoints for roberta_ft_cls / wav2vec2_ft_last)"),
+    "faces": ("m3ed.pipelines.track_faces", "add_faces_parser",
+              "detect and track faces in a video (the asd stage's first steps)"),
+    "viz-asd": ("m3ed.pipelines.viz", "add_viz_parser",
+                "render a dialogue with its face tracks, ASD scores and chosen speaker faces"),
+    "train-fer": ("m3ed.pipelines.train_fer", "add_train_fer_parser",
+                  "train the DenseNet FER model (FER+ and/or AffectNet) for the visual stage"),
+    "train": ("m3ed.pipelines.train", "add_train_parser", "train and evaluate a downstream model (Tables 5/6)"),
+    "export": ("m3ed.pipelines.export", "add_export_parser",
+               "write features for DialogueRNN/DialogueGCN/MMGCN, MMIN or MEmoConv's utt_baseline"),
+    "make-synthetic": ("m3ed.pipelines.make_synthetic", "add_synthetic_parser",
+                       "write a synthetic feature directory (tests, demos, benchmarks)"),
+    "prefetch": ("m3ed.pipelines.prefetch", "add_prefetch_parser", "download a profile's weights for offline runs"),
+    "report": ("m3ed.pipelines.report", "add_report_parser",
+               "write OUT/report.html (plots, tables) and OUT/report.json for a run"),
+    "inspect": ("m3ed.pipelines.inspect_h5", "add_inspect_parser", "summarise a feature file (.h5), or one key of it"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``m3ed`` parser; of the :data:`SUBCOMMANDS`, only ``command``'s module is imported (the
+    others are listed by name and help)."""
     parser = argparse.ArgumentParser(prog="m3ed", description="Multimodal emotion-recognition-in-conversation toolkit.",
                                      epilog="Exit codes: 0 done; 1 done with data failures (see failures.jsonl); "
                                             "2 usage or configuration error; 3 internal error; 4 out of resources.")
@@ -334,16 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--workers", type=int, default=2, help="parallel ffmpeg processes")
     cut.add_argument("--no-progress", action="store_true")
     cut.set_defaults(func=_run_cut)
-    for module, function in SUBCOMMANDS:
-        try:
+    for name, (module, function, help_line) in SUBCOMMANDS.items():
+        if importlib.util.find_spec(module) is None:
+            continue   # a module left out of this installation
+        if name == command:
             getattr(importlib.import_module(module), function)(sub)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+        else:
+            sub.add_parser(name, help=help_line, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)   # the only other options are flags
+    args = build_parser(command).parse_args(argv)
     return run_command(args.func, args)

@@ -12,7 +12,7 @@ from ..extract.finetune import (DEFAULTS, PAPER_WEIGHTED_F1, FinetuneConfig, Spl
 from ..device import default_device
 from ..files import atomic_write_text
 from ..profiles import PROFILES
-from .cli import add_corpus_arguments, add_media_arguments, load_corpus_from_args, media_from_args
+from .arguments import add_corpus_arguments, add_media_arguments, load_corpus_from_args, media_from_args
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -65,7 +65,7 @@ def add_finetune_parser(subparsers) -> None:
         p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
         p.add_argument("--profile", choices=sorted(PROFILES), default="paper", help="base encoder weights")
         p.add_argument("--model", help="another base encoder (hub id or directory) than the profile's")
-        p.add_argument("--epochs", type=int, default=3)
+        p.add_argument("--epochs", type=int, help="epochs (default: the authors' recipe, text 6, audio 10)")
         p.add_argument("--lr", type=float, help=f"learning rate (default {DEFAULTS[modality]['lr']})")
         p.add_argument("--batch-size", type=int, help=f"utterances per step (default {DEFAULTS[modality]['batch_size']})")
         p.add_argument("--class-weighted", action="store_true", help="weight the loss by inverse class frequency")

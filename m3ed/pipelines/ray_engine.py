@@ -13,12 +13,15 @@ error in a dialogue is not an actor failure: it is recorded in ``failures.jsonl`
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
+from ..corpus import Dialogue
 from ..errors import ConfigurationError
-from ..stage import RunContext, build_stage
+from ..stage import RunContext, Stage, build_stage
+from .runner import Outcome, StageRun, process_group
 
 RESTARTS = 3   # restarts of a dead actor (and retries of its group) before the run gives up
 
@@ -51,12 +54,12 @@ def _worker_class():
     class StageWorker:
         """One replica of a stage: built once, then fed whole dialogue groups."""
 
-        def __init__(self, name, config, context: RunContext, threads: int):
+        def __init__(self, name: str, options: Any, context: RunContext, threads: int):
             import torch
 
             torch.set_num_threads(threads)
             self.context = context
-            self.stage = build_stage(name, config.stage_options(name), context)
+            self.stage = build_stage(name, options, context)
 
         def read_probe(self, path: str) -> str | None:
             try:
@@ -65,33 +68,45 @@ def _worker_class():
             except OSError:
                 return None
 
-        def run(self, group_ids: list[str], digest: str, hashes: dict, screening, done: set[str]):
-            from .extract import process_group
-
-            group = [self.context.corpus[d] for d in group_ids]
-            return process_group(self.stage, self.context, group, digest, hashes, screening, done)
+        def run(self, group_ids: list[str], run: StageRun) -> list[Outcome]:
+            return process_group(self.stage, self.context, [self.context.corpus[d] for d in group_ids], run)
 
     return StageWorker
+
+
+class RayEngine:
+    """The :class:`m3ed.pipelines.runner.Engine` of ``--engine ray``: each stage's groups on a pool of
+    actors built with that stage's options, at the run's thread count."""
+
+    def __init__(self, address: str | None, threads: int | None, stage_options: Callable[[str], Any]):
+        connect(address)
+        self.threads = threads or 1   # resolved by the driver: the local engine's count
+        self.stage_options = stage_options
+
+    def run_groups(self, stage: Stage, context: RunContext, groups: list[list[Dialogue]],
+                   run: StageRun) -> Iterator[Outcome]:
+        pool = RayGroups(stage.name, self.stage_options(stage.name), context, self.threads, len(groups))
+        try:
+            yield from pool.run(groups, run)
+        finally:
+            pool.close()
 
 
 class RayGroups:
     """Runs a stage's groups on actors; :meth:`run` yields ``(dialogue id, error)`` as groups finish."""
 
-    def __init__(self, name: str, config, context: RunContext, groups: int):
+    def __init__(self, name: str, options: Any, context: RunContext, threads: int, groups: int):
         ray = _ray()
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
         on_gpu = str(context.device).startswith("cuda") and gpus > 0
-        threads = config.run.threads or 1   # resolved by the driver: the local engine's count
         reserved = 1 if on_gpu else min(threads, cpus)
         size = max(1, min(groups, gpus if on_gpu else cpus // reserved))
-        options = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_cpus": reserved}
+        resources_each = {"num_gpus": 1, "num_cpus": 1} if on_gpu else {"num_cpus": reserved}
         if on_gpu:
-            import dataclasses
-
             context = dataclasses.replace(context, device="cuda")   # each actor sees its one GPU as cuda:0
         worker = _worker_class()
-        self.actors = [worker.options(**options).remote(name, config, context, threads) for _ in range(size)]
+        self.actors = [worker.options(**resources_each).remote(name, options, context, threads) for _ in range(size)]
         self._check_shared(context)
 
     def _check_shared(self, context: RunContext) -> None:
@@ -109,17 +124,16 @@ class RayGroups:
                                      f"--engine ray needs OUT on a filesystem every node mounts at the same path "
                                      f"(NFS, Lustre, CephFS, a ReadWriteMany volume)")
 
-    def run(self, groups: list[list], digest: str, hashes: dict, screening,
-            already_done: set[str]) -> Iterator[tuple[str, str | None]]:
+    def run(self, groups: list[list[Dialogue]], run: StageRun) -> Iterator[Outcome]:
         ray = _ray()
+        shared = ray.put(run)   # stored once, read by every task
         pending = {}
         queue = list(groups)
         idle = list(self.actors)
 
         def submit(actor) -> None:
             group = queue.pop(0)
-            ref = actor.run.remote([d.id for d in group], digest, hashes, screening,
-                                     already_done & {d.id for d in group})
+            ref = actor.run.remote([d.id for d in group], shared)
             pending[ref] = actor
 
         while queue and idle:
