@@ -65,7 +65,7 @@ def bench_text(corpus, media, work: Path) -> dict:
     from m3ed.profiles import get_profile
 
     stage = TextStage(TextConfig(model_spec(get_profile("paper-random"), "text")))
-    encoder = stage._encoder("base")
+    encoder = stage.encoder("base")
     utterances = [u for u in corpus.utterances() if u.text.strip()]
     list(stage.process(list(corpus)[:1], None))  # warm-up
 
@@ -111,7 +111,7 @@ def bench_audio(corpus, media, work: Path) -> dict:
             clips.append(write_wav(media.utterance_audio(audio, u), work / f"{u.id}.wav"))
     context = RunContext(corpus, media, FeatureStore(work / "out"), get_profile("paper-random"))
     stage = AudioStage(AudioConfig(model_spec(get_profile("paper-random"), "audio")))
-    encoder = stage._encoder("base")
+    encoder = stage.encoder("base")
     encoder.encode([decode_audio(clips[0], 0.0, 1.0)])  # warm-up
     start = time.perf_counter()
     results = list(stage.process(list(corpus), context))

@@ -118,14 +118,14 @@ corpus = load_manifest({str(manifest)!r})
 profile = get_profile("paper-random")
 out = {{}}
 with torch.inference_mode():
-    encoder = TextStage(TextConfig(model_spec(profile, "text")))._encoder("base")
+    encoder = TextStage(TextConfig(model_spec(profile, "text"))).encoder("base")
     started = time.perf_counter()
     for u in corpus.utterances():
         inputs = encoder.tokenizer(u.text, return_tensors="pt", truncation=True, max_length=512)
         encoder.model(**inputs).last_hidden_state[0, 1:-1].numpy()
     out["text"] = time.perf_counter() - started
     del encoder
-    encoder = AudioStage(AudioConfig(model_spec(profile, "audio")))._encoder("base")
+    encoder = AudioStage(AudioConfig(model_spec(profile, "audio"))).encoder("base")
     started = time.perf_counter()
     for u in corpus.utterances():
         clip = next(__import__("pathlib").Path({str(clips)!r}).rglob(u.id + ".wav"))

@@ -61,8 +61,8 @@ def main() -> None:
     for threads in dict.fromkeys((default_threads, 1)):
         torch.set_num_threads(threads)
         embed_fps = throughput(embedder.embed, embed_input, args.repeats)
-        fer_fps = throughput(lambda b: fer._features({"u": list(b)}), fer_input, args.repeats)
-        stage_fps = throughput(lambda b: stage_fer._features({"u": list(b)}), faces(stage_batch, 64, gray=True), 1)
+        fer_fps = throughput(lambda b: fer.features({"u": list(b)}), fer_input, args.repeats)
+        stage_fps = throughput(lambda b: stage_fer.features({"u": list(b)}), faces(stage_batch, 64, gray=True), 1)
         rows.append({"threads": threads, "face_embed_per_s": round(embed_fps, 1), "fer_per_s": round(fer_fps, 1),
                      "fer_stage_batch_per_s": round(stage_fps, 1)})
     print(table(rows, ["threads", "face_embed_per_s", "fer_per_s", "fer_stage_batch_per_s"]))

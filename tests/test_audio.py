@@ -109,13 +109,13 @@ def test_stage_decodes_once_and_reports_per_utterance(tmp_path, tiny_audio, spee
         stage.close()
     first, second = results
     frames = first.features[FRAME]
-    assert frames["d1_1"].shape == (stage._encoder("base").num_frames(round(1.2 * 16000)), 32)
+    assert frames["d1_1"].shape == (stage.encoder("base").num_frames(round(1.2 * 16000)), 32)
     assert frames["d1_2"].shape == (1, 32)                       # 10 ms, padded to 400 samples
-    clipped = stage._encoder("base").encode([speech[32000:48000]])[0]   # d1_3 clipped to its first 1 s
+    clipped = stage.encoder("base").encode([speech[32000:48000]])[0]   # d1_3 clipped to its first 1 s
     np.testing.assert_allclose(first.features[MEAN]["d1_3"], clipped.mean(axis=0), rtol=1e-4, atol=1e-5)
     assert "d1_4" not in frames and {f.reason for f in first.failures} == {NO_AUDIO}
     assert second.error and "d2" in second.error and "nowhere" in second.error
-    np.testing.assert_allclose(frames["d1_1"], stage._encoder("base").encode([speech[3200:22400]])[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(frames["d1_1"], stage.encoder("base").encode([speech[3200:22400]])[0], rtol=1e-4, atol=1e-5)
 
 
 def authors_normalise(wave: np.ndarray) -> np.ndarray:
@@ -203,7 +203,7 @@ def test_mean_alone_encodes_only_the_clip_it_averages(tmp_path, tiny_audio, spee
     for sets in (None, (MEAN,)):
         stage = AudioStage(AudioConfig(tiny_audio, sets=sets))
         samples = []   # the real (unpadded) samples that reach the model, counted by a forward hook
-        stage._encoder("base").model.register_forward_hook(
+        stage.encoder("base").model.register_forward_hook(
             lambda m, args, kw, out: samples.append(int(kw["attention_mask"].sum())), with_kwargs=True)
         results[sets], = stage.process([clip], context(tmp_path, [clip]))
         stage.close()

@@ -115,7 +115,7 @@ def test_normalisation_constants_are_options(context, stage):
     other = FaceStage.from_config(VisualOptions(mean=128.0, std=64.0), context)
     assert other.provenance()["mean"] == 128.0 and other.provenance()["std"] == 64.0
     face = crop_face(np.asarray(skimage.data.astronaut()), FACE_BOX * 1.6)
-    mine, theirs = stage._features({"u": [face]})["u"], other._features({"u": [face]})["u"]
+    mine, theirs = stage.features({"u": [face]})["u"], other.features({"u": [face]})["u"]
     assert not np.allclose(mine, theirs)  # same weights (same seed), other normalisation
 
 
@@ -167,7 +167,7 @@ def test_default_crop_is_the_authors_stretched_box():
 def test_stage_cuts_the_authors_crop_by_default(context, stage):
     assert stage.config.crop == "tight" and stage.provenance()["crop"] == "tight"
     rows = speaker_face_rows(range(40, 43), FACE_BOX)
-    crops = stage._crops(context.corpus["clip_1"], {"u": rows}, context)["u"]
+    crops = stage.crops(context.corpus["clip_1"], {"u": rows}, context)["u"]
     frames = np.concatenate(list(context.media.frames(context.media.locate(context.corpus["clip_1"]), fps=25.0)))
     for crop, frame in zip(crops, frames[40:43]):
         np.testing.assert_array_equal(crop, authors_face(frame, tuple(FACE_BOX)))
@@ -176,7 +176,7 @@ def test_stage_cuts_the_authors_crop_by_default(context, stage):
     square = FaceStage.from_config(config_from_args(build_extract_parser().parse_args(["--fer-crop", "square"])).visual,
                                    context)
     assert square.config.crop == "square" and square.attrs(FRAME_SET)["crop_scale"] == 1.2
-    assert not np.array_equal(square._crops(context.corpus["clip_1"], {"u": rows}, context)["u"][0], crops[0])
+    assert not np.array_equal(square.crops(context.corpus["clip_1"], {"u": rows}, context)["u"][0], crops[0])
 
 
 def test_through_the_runner_into_published_files(context):
@@ -221,11 +221,11 @@ def test_cpu_pieces_give_the_same_bits_as_one_whole_batch(stage):
     """Pieces of 32 faces (and a last one of 18) against one call for the whole batch of 50: other
     batch shapes, so the features agree within the same-results tolerance (rtol and atol 1e-4 of scale)."""
     crops = {"u1": astronaut_faces(20), "u2": astronaut_faces(30)[::-1]}
-    pieced = stage._features(crops)
+    pieced = stage.features(crops)
     config = stage.config
     stage.config = dataclasses.replace(config, cpu_piece=256)   # one call for the whole batch, as before pieces
     try:
-        whole = stage._features(crops)
+        whole = stage.features(crops)
     finally:
         stage.config = config
     for utt_id in crops:

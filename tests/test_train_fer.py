@@ -183,5 +183,5 @@ def test_train_a_few_steps_then_extract_with_the_checkpoint(fmt, request, tmp_pa
 
     stage = FaceStage(FaceConfig(checkpoint=str(out / CHECKPOINT_NAME)))
     assert stage.provenance()["checkpoint_sha256"] and len(stage.provenance()["checkpoint_sha256"]) == 16
-    features = stage._features({"u": real_faces(2, 64)})["u"]
+    features = stage.features({"u": real_faces(2, 64)})["u"]
     assert features.shape == (2, 342) and np.isfinite(features).all()

@@ -35,7 +35,7 @@ from facenet_pytorch import InceptionResnetV1
 
 from ..models import senet50
 from ..models.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_strict
-from ..profiles import ModelUnavailable, Profile, unavailable
+from ..profiles import ModelUnavailable, Profile, download_once
 from .options import EMBEDDERS
 
 log = logging.getLogger(__name__)
@@ -58,17 +58,10 @@ def torch_home() -> Path:
 def vggface2_weights() -> Path:
     """The VGGFace2 checkpoint, from the cache or downloaded into it."""
     cached = torch_home() / "checkpoints" / VGGFACE2_URL.rsplit("/", 1)[-1]
-    if cached.is_file():
-        return cached
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(VGGFACE2_URL, str(cached), progress=False)
-    except Exception as e:  # urllib/socket raise many kinds; all mean "not downloadable here"
-        how = (f"download {VGGFACE2_URL} where the internet is reachable and put it at {cached} "
-               f"(or set TORCH_HOME to a directory whose checkpoints/ holds it); use the paper-random "
-               f"profile to run without it")
-        raise unavailable("face embedder (InceptionResnetV1)", "vggface2", how, e) from e
-    return cached
+    how = (f"download {VGGFACE2_URL} where the internet is reachable and put it at {cached} "
+           f"(or set TORCH_HOME to a directory whose checkpoints/ holds it); use the paper-random "
+           f"profile to run without it")
+    return download_once(VGGFACE2_URL, cached, "face embedder (InceptionResnetV1)", how, name="vggface2", progress=False)
 
 
 def build_embedder(profile: Profile) -> InceptionResnetV1:

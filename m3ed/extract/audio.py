@@ -319,7 +319,7 @@ class AudioStage(Stage):
 
     def attrs(self, feature_set: str) -> dict:
         spec = self.config.model
-        common = {"sample_rate": SAMPLE_RATE, "frame_rate": self._encoder("base").frame_rate}
+        common = {"sample_rate": SAMPLE_RATE, "frame_rate": self.encoder("base").frame_rate}
         if feature_set == FT_LAST:
             return {**common, "model": str(self.config.finetuned), "pooling": "last time step",
                     "input": self.ft_rule.describe(), "ft_seconds": self.ft_rule.seconds}
@@ -327,7 +327,7 @@ class AudioStage(Stage):
         return {**common, "model": spec.name, "revision": spec.revision or "", "pooling": pooling,
                 "chunk_seconds": self.config.chunk_seconds, "overlap_seconds": self.config.overlap_seconds}
 
-    def _encoder(self, key: str) -> AudioEncoder:
+    def encoder(self, key: str) -> AudioEncoder:
         if key not in self._encoders:
             c = self.config
             budget = BatchBudget(c.batch_items, int(c.batch_seconds * SAMPLE_RATE))
@@ -354,7 +354,7 @@ class AudioStage(Stage):
         ids, waves = [uid for _, uid, _ in items], [a for _, _, a in items]
         frames, means = {}, {}
         if FRAME in self.feature_sets:
-            encoded = self._encoder("base").encode(waves)
+            encoded = self.encoder("base").encode(waves)
             frames, means = dict(zip(ids, encoded)), dict(zip(ids, self._means(waves, encoded)))
         elif MEAN in self.feature_sets:
             means = dict(zip(ids, self._means_alone(waves)))
@@ -365,7 +365,7 @@ class AudioStage(Stage):
 
     def _fine_tuned_last(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         # The training rule: normalise the whole utterance, then pad/clip; the zeros are part of the input.
-        encoder = self._encoder("ft")
+        encoder = self.encoder("ft")
         inputs = [self.ft_rule.apply(encoder.normalise(a)) for a in waves]
         return [f[-1] for f in encoder.encode(inputs, normalised=True)]
 
@@ -382,13 +382,13 @@ class AudioStage(Stage):
         if limit <= 0:
             return [f.mean(axis=0) for f in frames]
         if self.config.mean_clip == "after":
-            keep = max(1, int(round(limit * self._encoder("base").frame_rate)))
+            keep = max(1, int(round(limit * self.encoder("base").frame_rate)))
             return [f[:keep].mean(axis=0) for f in frames]
         # "before": only utterances longer than the limit differ from their own frames; encode their clips.
         n = int(limit * SAMPLE_RATE)
         means = [f.mean(axis=0) for f in frames]
         longer = [i for i, a in enumerate(waves) if len(a) > n]
-        for i, clipped in zip(longer, self._encoder("base").encode([waves[i][:n] for i in longer])):
+        for i, clipped in zip(longer, self.encoder("base").encode([waves[i][:n] for i in longer])):
             means[i] = clipped.mean(axis=0)
         return means
 
@@ -397,9 +397,9 @@ class AudioStage(Stage):
         ``mean_max_seconds`` of each utterance go through the model."""
         limit = self.config.mean_max_seconds
         if limit <= 0 or self.config.mean_clip == "after":   # frames of the whole utterance are needed
-            return self._means(waves, self._encoder("base").encode(waves))
+            return self._means(waves, self.encoder("base").encode(waves))
         n = int(limit * SAMPLE_RATE)
-        return [f.mean(axis=0) for f in self._encoder("base").encode([a[:n] for a in waves])]
+        return [f.mean(axis=0) for f in self.encoder("base").encode([a[:n] for a in waves])]
 
     def _result(self, decoded: DecodedDialogue, by_set: dict[str, dict]) -> DialogueResult:
         """The dialogue's features, set -> utterance id -> array (every set holds the same utterances)."""

@@ -215,13 +215,13 @@ class FaceStage(Stage):
             else:
                 wanted[u.id] = rows
         if wanted:
-            crops = self._crops(dialogue, wanted, context)
-            for utt_id, feats in self._features(crops).items():
+            crops = self.crops(dialogue, wanted, context)
+            for utt_id, feats in self.features(crops).items():
                 result.features[FRAME_SET][utt_id] = feats
                 result.features[MEAN_SET][utt_id] = feats.mean(axis=0)
         return result
 
-    def _crops(self, dialogue: Dialogue, wanted: dict[str, np.ndarray], context: RunContext) -> dict[str, list[np.ndarray]]:
+    def crops(self, dialogue: Dialogue, wanted: dict[str, np.ndarray], context: RunContext) -> dict[str, list[np.ndarray]]:
         """Decode the dialogue once (native size: boxes are in original pixels) and cut every wanted
         face; utterance id -> gray crops in frame order."""
         by_frame: dict[int, list[tuple[str, np.ndarray]]] = defaultdict(list)
@@ -246,7 +246,7 @@ class FaceStage(Stage):
         return crops
 
     @torch.inference_mode()
-    def _features(self, crops: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    def features(self, crops: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
         """Utterance id -> ``[n, 342]``, computed in batches across the dialogue's utterances."""
         order = list(crops)
         faces = np.stack([c for utt_id in order for c in crops[utt_id]])

@@ -206,7 +206,7 @@ class TextStage(Stage):
         return {"model": spec.name, "revision": spec.revision or "",
                 "layer": "last" if self.config.layer is None else self.config.layer, "tokens": tokens}
 
-    def _encoder(self, key: str) -> TextEncoder:
+    def encoder(self, key: str) -> TextEncoder:
         if key not in self._encoders:
             budget = BatchBudget(self.config.batch_items, self.config.batch_tokens)
             if key == "base":
@@ -220,8 +220,8 @@ class TextStage(Stage):
     def process(self, dialogues: list[Dialogue], context: RunContext) -> Iterator[DialogueResult]:
         utterances = [u for d in dialogues for u in d.utterances if u.text.strip()]
         texts, names = [u.text.strip() for u in utterances], [u.id for u in utterances]
-        base = dict(zip(names, self._encoder("base").encode(texts, names)))
-        tuned = dict(zip(names, self._encoder("ft").encode(texts, names))) if self.config.finetuned else {}
+        base = dict(zip(names, self.encoder("base").encode(texts, names)))
+        tuned = dict(zip(names, self.encoder("ft").encode(texts, names))) if self.config.finetuned else {}
         for dialogue in dialogues:
             yield self._result(dialogue, base, tuned)
 

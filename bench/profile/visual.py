@@ -4,7 +4,7 @@ Needs an output directory where the asd stage has run on the sample (``speaker_f
 
     HF_HUB_OFFLINE=1 python -m m3ed.pipelines.cli_extract --out /tmp/visprof --stages asd \\
         --profile paper-random --asd-model light-asd --device cpu --no-report
-    python bench/bench_visual_parts.py --out /tmp/visprof [--threads 1 2] [--repeats 2]
+    python bench/profile/visual.py --out /tmp/visprof [--threads 1 2] [--repeats 2]
 
 Variants alternate within one run (best of ``--repeats``), so that a shared machine's load hits them
 alike; the load average is recorded. ``before``: one DenseNet call per batch of 256 faces and
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # bench/common.py
 from common import BENCH_DIR, REPO, table  # noqa: E402
 
 from m3ed.catalogue import COLUMN  # noqa: E402
@@ -110,10 +110,10 @@ def parts(stage: FaceStage, context: RunContext, work: list, store: FeatureStore
                 break
         seconds["decode"] += time.perf_counter() - t
         t = time.perf_counter()
-        crops = stage._crops(dialogue, wanted, context)
+        crops = stage.crops(dialogue, wanted, context)
         seconds["crop"] += time.perf_counter() - t   # decoding again, plus cutting: decode is taken off below
         t = time.perf_counter()
-        feats = stage._features(crops)
+        feats = stage.features(crops)
         seconds["model"] += time.perf_counter() - t
         t = time.perf_counter()
         store.write_part(FRAME_SET, dialogue.id, feats, config="bench")
@@ -168,7 +168,7 @@ def sweep(args, context: RunContext) -> tuple[list[dict], list[float]]:
     stage = FaceStage(FaceConfig(seed=context.profile.seed), "cpu", context.media.timing.fps)
     with open_speaker_faces(context) as faces:
         work = [(d, w) for d in context.corpus if (w := wanted_rows(d, faces))][:1]
-    crops = [c for d, w in work for cs in stage._crops(d, w, context).values() for c in cs][:args.sweep_faces]
+    crops = [c for d, w in work for cs in stage.crops(d, w, context).values() for c in cs][:args.sweep_faces]
     x = preprocess(np.stack(crops))
     model = stage.model
     torch.set_num_threads(1)
