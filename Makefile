@@ -63,7 +63,17 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_cut.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_long.py       # a 10-minute dialogue: memory against length
+	$(BIN)/python bench/bench_host.py       # host CPU per second of video outside the networks
 	$(BIN)/python bench/bench_pipeline.py   # last: prints the end-to-end table
 
 clean:
 	rm -rf $(VENV) out .cache .pytest_cache site
+
+# make image       - build the Docker image (docker, else podman; a Debian stand-in base where no registry answers)
+# make image-check - build it, extract the sample inside it as its user, compare with .venv's run (deploy/image-check.sh)
+.PHONY: image image-check
+image:
+	deploy/image-check.sh build
+
+image-check: $(STAMP)
+	deploy/image-check.sh check
