@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .asd.options import AsdOptions
+from .asd.presets import PRESETS
 from .corpus import Corpus
 from .errors import ConfigurationError
 from .extract.options import AudioOptions, TextOptions, VisualOptions
@@ -106,6 +107,10 @@ class RunOptions:
                                    "weights: benchmarks), tiny (small random models: tests and the offline demo); "
                                    "default: %(default)s", flag="--profile",
                           choices=tuple(sorted(PROFILES)))
+    preset: str = option("fast", "fast: our asd front end (MTCNN on every 5th frame, one scoring pass, sparse "
+                                 "embeddings); authors: the M3ED authors' (S3FD on every frame, the demo's six-duration "
+                                 "scoring, SENet-50 on every face, their utterance frames and rules). Options given "
+                                 "explicitly win over it (default: %(default)s)", flag="--preset", choices=PRESETS)
     device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda when available)", flag="--device")
     precision: str = option("fp32", "autocast precision on CUDA (default: %(default)s)", flag="--precision",
                             choices=PRECISIONS)
@@ -136,6 +141,8 @@ class RunOptions:
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
             raise ConfigurationError(f"--threads {self.threads}: must be >= 1")
+        if self.preset not in PRESETS:
+            raise ConfigurationError(f"--preset {self.preset}: choose one of {', '.join(PRESETS)}")
         if self.cut_workers < 1:
             raise ConfigurationError(f"--cut-workers {self.cut_workers}: must be >= 1")
         if self.stages is not None and not self.stages:   # `--stages ''` must not mean every stage
@@ -180,7 +187,10 @@ class ExtractConfig:
 
     def stage_options(self, name: str):
         """The options of stage ``name`` (``None`` for a stage without a section: its defaults)."""
-        return getattr(self, name, None) if name in STAGE_SECTIONS else None
+        section = getattr(self, name, None) if name in STAGE_SECTIONS else None
+        if getattr(section, "preset", "") is None:   # a section the run's --preset shapes (asd)
+            section = dataclasses.replace(section, preset=self.run.preset)
+        return section
 
     def resolved(self) -> "ExtractConfig":
         """The bundled sample's files where no annotation was given (and its videos, if none were)."""

@@ -8,7 +8,8 @@ Two rule sets (``AssignParams.rules``, ``--assign-rules``):
   durations and rounded to 0.1; ``stage1_scores``) is above ``authors_min_score`` (0), at a frame
   where the detector saw it (they match track boxes to the frame's detections), is the face of
   the speaker whose utterance covers the frame (the highest score when several are). A speaker
-  with fewer than ``min_stage1_faces`` (10) such frames in the dialogue has none.
+  with fewer than ``min_stage1_faces`` (10) such frames in the dialogue has none; with detection
+  on every K-th frame each such frame counts K (``detect_every``), so the minimum stays 0.4 s.
 - stage 2 decides every frame that has a face, in their order: the only face in the frame
   (whatever the speaker); the speaker's stage-1 face; case 2.1: when this utterance's stage-1
   faces of the speaker all sit at one face index k (faces of a frame ranked by track), the face at
@@ -26,6 +27,11 @@ every other known speaker by ``stage2_margin`` (0.1); ``single_face_rule`` gives
 a speaker with stage-1 faces unless it clearly matches another speaker; a speaker with fewer than
 ``min_stage1_faces`` stage-1 faces is unknown; ``one_speaker_per_track``: a face track (one person)
 is never stage-1 evidence for two speakers. Frames where nothing is decided are left undecided.
+
+An utterance's frames are those whose time lies in [start, end); ``end_inclusive`` adds the end
+frame, as the authors. ``one_utterance_per_frame``: where utterances overlap, only one of them
+decides the frame, as in the authors' frame -> utterance map (:func:`owned_frames`); the others
+keep a row for it, undecided. Both are on under ``--preset authors``.
 
 The ``stage`` column records the rule that decided each frame (:class:`Rule`, :data:`RULE_NAMES`).
 Output per utterance: float32 ``[T, 9]`` with the columns of :data:`COLUMNS`.
@@ -82,41 +88,68 @@ class _Face:
     j: int
 
 
-def utterance_frames(utterance: Utterance, fps: float) -> np.ndarray:
-    """Dialogue frame indices whose time ``i / fps`` lies in ``[start, end)`` of the utterance."""
+def utterance_frames(utterance: Utterance, fps: float, end_inclusive: bool = False) -> np.ndarray:
+    """Dialogue frame indices whose time ``i / fps`` lies in ``[start, end)`` of the utterance, or in
+    ``[start, end]`` with ``end_inclusive`` (the authors': their frames run from the start frame to
+    the end frame, both included)."""
     first = max(0, math.ceil(utterance.start * fps - _TIME_EPS * fps))
-    stop = max(first, math.ceil(utterance.end * fps - _TIME_EPS * fps))
-    return np.arange(first, stop, dtype=np.int64)
+    if end_inclusive:
+        stop = math.floor(utterance.end * fps + _TIME_EPS * fps) + 1
+    else:
+        stop = math.ceil(utterance.end * fps - _TIME_EPS * fps)
+    return np.arange(first, max(first, stop), dtype=np.int64)
+
+
+def owned_frames(dialogue: Dialogue, frames: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per utterance, its frames that no other utterance takes: where utterances overlap, the frame
+    belongs to the one the authors' frame -> utterance map keeps. They fill it speaker by speaker
+    in order of first appearance, each speaker's utterances in order, so the last one written wins."""
+    speakers = list(dict.fromkeys(u.speaker for u in dialogue.utterances))
+    owner: dict[int, str] = {}
+    for speaker in speakers:
+        for u in dialogue.utterances:
+            if u.speaker == speaker:
+                owner.update((int(f), u.id) for f in frames[u.id])
+    return {u.id: np.array([f for f in frames[u.id] if owner[int(f)] == u.id], np.int64) for u in dialogue.utterances}
 
 
 def assign_speakers(dialogue: Dialogue, tracks: Sequence[TrackLike], scores: Sequence[np.ndarray],
                     embeddings: Sequence[np.ndarray], fps: float, params: AssignParams = AssignParams(),
-                    stage1_scores: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                    stage1_scores: Sequence[np.ndarray] | None = None, detect_every: int = 1) -> dict[str, np.ndarray]:
     """The speaker's face in every frame of every utterance; see the module docstring.
 
     ``scores``: per track, the speaking probability of each frame (the ``asd_prob`` column and the
     strict stage 1). ``stage1_scores``: per track, the ASD demo's score (rounded mean class-1
     output), which the authors' stage 1 thresholds; needed when ``params.rules == "authors"``.
+    ``detect_every``: the detector ran on every K-th frame; each of the authors' stage-1 faces (on
+    detected frames only) then counts K frames towards ``min_stage1_faces``.
     """
     _check_inputs(dialogue, tracks, scores, embeddings)
+    if detect_every < 1:
+        raise ValueError(f"dialogue {dialogue.id}: detect_every={detect_every}: must be >= 1")
     faces_at = _faces_by_frame(tracks)
     filled = [_fill_embeddings(np.asarray(e, np.float32)) for e in embeddings]
     probs = [np.asarray(s, np.float32) for s in scores]
-    frames = {u.id: utterance_frames(u, fps) for u in dialogue.utterances}
+    frames = {u.id: utterance_frames(u, fps, params.end_inclusive) for u in dialogue.utterances}
+    # the frames each utterance decides: all of its own, or (authors) those no later-written one takes
+    decided = owned_frames(dialogue, frames) if params.one_utterance_per_frame else frames
     if params.rules == "authors":
         if stage1_scores is None or len(stage1_scores) != len(tracks):
             raise ValueError(f"dialogue {dialogue.id}: the authors' rules need the ASD demo score of every "
                              f"track (stage1_scores); pass them, or use rules='strict'")
         decide = _authors_rules(dialogue, tracks, [np.asarray(s, np.float32) for s in stage1_scores],
-                                filled, frames, faces_at, params)
+                                filled, frames, decided, faces_at, params, detect_every)
     else:
-        decide = _strict_rules(dialogue, probs, filled, frames, faces_at, params)
+        decide = _strict_rules(dialogue, probs, filled, decided, faces_at, params)
 
     result: dict[str, np.ndarray] = {}
     for u in dialogue.utterances:
         rows = np.full((len(frames[u.id]), len(COLUMNS)), np.nan, np.float32)
         rows[:, COLUMN["frame"]], rows[:, COLUMN["track"]], rows[:, COLUMN["stage"]] = frames[u.id], -1, Rule.NONE
+        mine = set(decided[u.id].tolist())
         for i, frame in enumerate(frames[u.id]):
+            if int(frame) not in mine:   # another utterance's frame (one_utterance_per_frame)
+                continue
             face, rule, sim = decide(u, int(frame))
             if face is not None:
                 _fill_row(rows[i], tracks, probs, face, rule, sim)
@@ -257,16 +290,20 @@ def _stage2(faces: list[_Face], speaker: str, known: dict[str, np.ndarray], fill
 
 
 def _authors_rules(dialogue: Dialogue, tracks: Sequence[TrackLike], demo_scores: list[np.ndarray],
-                   filled: list[np.ndarray], frames: dict[str, np.ndarray], faces_at: dict[int, list[_Face]],
-                   params: AssignParams):
-    """The authors' rules as a function (utterance, frame) -> (face or None, rule, similarity)."""
+                   filled: list[np.ndarray], frames: dict[str, np.ndarray], decided: dict[str, np.ndarray],
+                   faces_at: dict[int, list[_Face]], params: AssignParams, detect_every: int = 1):
+    """The authors' rules as a function (utterance, frame) -> (face or None, rule, similarity).
+
+    ``frames``: each utterance's frames (case 2.1 reads all of them, as the authors do);
+    ``decided``: those it decides, which are also where its speaker's stage-1 faces come from."""
     stage1: dict[str, dict[int, _Face]] = defaultdict(dict)   # speaker -> frame -> face, whole dialogue
     for u in dialogue.utterances:
-        for frame in frames[u.id]:
+        for frame in decided[u.id]:
             face = _authors_stage1(faces_at.get(int(frame), []), tracks, demo_scores, params.authors_min_score)
             if face is not None:
                 stage1[u.speaker][int(frame)] = face
-    stage1 = {s: faces for s, faces in stage1.items() if len(faces) >= params.min_stage1_faces}
+    # stage-1 faces sit on detected frames only: each stands for the K frames one detection covers
+    stage1 = {s: faces for s, faces in stage1.items() if len(faces) * detect_every >= params.min_stage1_faces}
     banks = {s: _authors_bank(faces, filled) for s, faces in stage1.items()}
     # case 2.1's evidence per utterance: (face index in its frame, embedding) of the speaker's stage-1 faces
     indexed = {u.id: [(faces_at[int(f)].index(stage1[u.speaker][int(f)]), stage1[u.speaker][int(f)])

@@ -11,6 +11,9 @@
       config.asd.assign = AssignParams(stage1_min_prob=0.8)   # from Python: reaches the run
       config.asd.detect_every = 3                              # what --detect-every 3 sets
 
+A preset (``--preset``, :mod:`m3ed.asd.presets`) fills what the options leave unset: the flat
+fields left at ``None`` and the section fields left at their defaults; ``fast`` (default) changes nothing.
+
 Library errors name the field they refuse (``DetectionParams.every=0: must be >= 1``);
 :func:`with_flags` turns those names into the command line's flags with :data:`FIELD_FLAGS`.
 This module loads neither torch nor OpenCV, so that the command line starts fast.
@@ -26,6 +29,7 @@ from ..errors import ConfigurationError
 from ..options import option
 from .params import SCORE_FRAMES, SCORE_MODES, RULES, AssignParams, DetectionParams, S3FDParams, ScoreParams, \
     ShotParams, TrackingParams
+from .presets import PRESETS, get_preset
 
 if TYPE_CHECKING:
     from ..profiles import Profile
@@ -58,6 +62,7 @@ FIELD_FLAGS = {
     "AsdConfig.embedder_checkpoint": "--face-embedder-checkpoint",
     "AssignParams.rules": "--assign-rules",
     "AsdConfig.fps": "--fps",
+    "AsdConfig.preset": "--preset",
 }
 
 
@@ -96,6 +101,7 @@ class AsdConfig:
     #: that assignment reads, the nearest embedded position of some track frame inside an utterance
     #: (the same positions are read, so only the batches, and with them the rounding, change)
     embed_frames: str = "utterances"
+    preset: str = "fast"               # the preset these settings were resolved under (recorded, not read)
 
     def __post_init__(self):
         if self.model not in ASD_MODELS:
@@ -112,6 +118,8 @@ class AsdConfig:
             raise ValueError(f"AsdConfig.embedder={self.embedder!r}: choose one of {', '.join(EMBEDDERS)}")
         if self.embed_frames not in EMBED_FRAMES:
             raise ValueError(f"AsdConfig.embed_frames={self.embed_frames!r}: choose one of {', '.join(EMBED_FRAMES)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"AsdConfig.preset={self.preset!r}: choose one of {', '.join(PRESETS)}")
         if self.fps != VIDEO_FPS:
             raise ValueError(f"AsdConfig.fps={self.fps}: the ASD models need {VIDEO_FPS:g} fps video "
                              f"(4 MFCC frames per video frame)")
@@ -131,9 +139,10 @@ class AsdOptions:
     checkpoint: str | None = option(None, "ASD checkpoint file or URL (default: light-asd uses the checkpoint shipped "
                                           "in the package in every profile; talknet its released checkpoint for the "
                                           "paper profile, random weights for paper-random/tiny)", metavar="PATH")
-    detector: str = option("mtcnn", "face detector: mtcnn (facenet-pytorch's, weights in its wheel) or s3fd (the "
-                                    "authors', TalkNet's demo; on every frame unless --detect-every is given) "
-                                    "(default: %(default)s)", flag="--detector", choices=DETECTORS)
+    detector: str | None = option(None, "face detector: mtcnn (facenet-pytorch's, weights in its wheel) or s3fd "
+                                        "(the authors', TalkNet's demo; on every frame unless --detect-every is "
+                                        f"given) (default: {AsdConfig.detector}; s3fd under --preset authors)",
+                                  flag="--detector", choices=DETECTORS)
     detector_checkpoint: str | None = option(None, "S3FD weights, TalkNet-ASD's sfd_face.pth (default: "
                                                    "$TORCH_HOME/checkpoints/sfd_face.pth; random weights in the "
                                                    "paper-random and tiny profiles)", flag="--detector-checkpoint",
@@ -153,23 +162,26 @@ class AsdOptions:
     detect_scale: float | None = option(None, "S3FD: detection size per frame size (default: "
                                               f"{S3FDParams.scale}, the authors')", flag="--detect-scale", metavar="F")
     mode: str | None = option(None, "single: one pass per track; multi: the reference's average over 1-6 s "
-                                    f"chunks (6x cost) (default: {ScoreParams.mode})", choices=SCORE_MODES)
+                                    f"chunks (6x cost) (default: {ScoreParams.mode}; multi under --preset authors)",
+                              choices=SCORE_MODES)
     frames: str | None = option(None, "score the track frames inside utterances (what assignment reads; single "
                                       f"mode adds {ScoreParams.context_frames} frames of context around them), "
-                                      f"or all track frames (default: {ScoreParams.frames})", choices=SCORE_FRAMES)
+                                      f"or all track frames (default: {ScoreParams.frames}; all under --preset "
+                                      "authors)", choices=SCORE_FRAMES)
     fused: bool = option(True, "score Light-ASD with its convolutions and batch norms as trained, "
                                "not folded (2.4x slower on CPU; scores equal up to rounding)",
                          flag="--asd-unfused")
-    embed_every: int = option(AsdConfig.embed_every, "embed every K-th frame of each face track for speaker matching "
-                                                     "(the authors: 1; default: %(default)s)", flag="--embed-every",
-                              metavar="K")
+    embed_every: int | None = option(None, "embed every K-th frame of each face track for speaker matching (the "
+                                           f"authors: 1; default: {AsdConfig.embed_every}; 1 under --preset authors)",
+                                     flag="--embed-every", metavar="K")
     embed_frames: str = option(AsdConfig.embed_frames, "utterances: embed only the positions assignment reads (track "
                                "frames inside utterances); track: every K-th frame of every track (default: "
                                "%(default)s)", flag="--embed-frames", choices=EMBED_FRAMES)
-    face_embedder: str = option(AsdConfig.embedder, "identity embeddings for stage 2: senet50-vggface2 (the authors'), "
-                                                    "inception-resnet-v1 (facenet-pytorch), auto: SENet-50 when its "
-                                                    "weights are there, else InceptionResnetV1", flag="--face-embedder",
-                                choices=EMBEDDERS)
+    face_embedder: str | None = option(None, "identity embeddings for stage 2: senet50-vggface2 (the authors'), "
+                                             "inception-resnet-v1 (facenet-pytorch), auto: SENet-50 when its weights "
+                                             f"are there, else InceptionResnetV1 (default: {AsdConfig.embedder}; "
+                                             "senet50-vggface2 under --preset authors)", flag="--face-embedder",
+                                       choices=EMBEDDERS)
     face_embedder_checkpoint: str | None = option(None, "SENet-50 weights, VGGFace2-pytorch's "
                                                         "senet50_scratch_weight.pkl (default: "
                                                         "$TORCH_HOME/checkpoints/senet50_scratch_weight.pkl)",
@@ -187,6 +199,9 @@ class AsdOptions:
     scoring: ScoreParams = field(default_factory=ScoreParams)
     assign: AssignParams = field(default_factory=AssignParams)
     cache_mb: int = CACHE_MB
+    #: The run's ``--preset`` (:class:`m3ed.config.RunOptions`), handed over by
+    #: :meth:`m3ed.config.ExtractConfig.stage_options`; None: ``fast``.
+    preset: str | None = None
 
     def config(self, profile: Profile, fps: float = VIDEO_FPS) -> AsdConfig:
         """The :class:`AsdConfig` of these options, the profile's model where none is given; a bad
@@ -197,38 +212,49 @@ class AsdOptions:
             raise ConfigurationError(with_flags(str(e))) from e
 
     def _config(self, profile: Profile, fps: float) -> AsdConfig:
-        mtcnn = self.detector == "mtcnn"
+        preset = get_preset(self.preset)
+
+        def flat(name: str, given):
+            """A flat option: given, the preset's value, else AsdConfig's default."""
+            if given is not None:
+                return given
+            return preset.flat.get(name, AsdConfig.__dataclass_fields__[name].default)
+
+        detector = flat("detector", self.detector)
+        mtcnn = detector == "mtcnn"
         for name, value, applies in (("DetectionParams.height", self.detect_height, mtcnn),
                                      ("DetectionParams.min_face_size", self.detect_min_face, mtcnn),
                                      ("DetectionParams.scale_factor", self.detect_scale_factor, mtcnn),
                                      ("S3FDParams.scale", self.detect_scale, not mtcnn)):
             if value is not None and not applies:
                 raise ValueError(f"{name}={value}: a setting of the other face detector than "
-                                 f"AsdConfig.detector='{self.detector}'")
-        detection = _given(self.detection, every=self.detect_every if mtcnn else None,
+                                 f"AsdConfig.detector='{detector}'")
+        detection = _given(preset.section("detection", self.detection), every=self.detect_every if mtcnn else None,
                            min_face_size=self.detect_min_face, scale_factor=self.detect_scale_factor)
         if self.detect_height is not None:
             detection = dataclasses.replace(detection, height=self.detect_height or None)   # 0: native
-        scoring = _given(self.scoring, mode=self.mode, frames=self.frames)
+        scoring = _given(preset.section("scoring", self.scoring), mode=self.mode, frames=self.frames)
         if not self.fused:
             scoring = dataclasses.replace(scoring, fused=False)
         return AsdConfig(
             model=self.model or profile.asd_model,
             checkpoint=self.checkpoint or profile.asd_checkpoint,
-            detector=self.detector,
+            detector=detector,
             detection=detection,
-            s3fd=_given(self.s3fd, every=None if mtcnn else self.detect_every, scale=self.detect_scale),
+            s3fd=_given(preset.section("s3fd", self.s3fd), every=None if mtcnn else self.detect_every,
+                        scale=self.detect_scale),
             detector_checkpoint=self.detector_checkpoint,
-            shots=self.shots,
-            tracking=self.tracking,
+            shots=preset.section("shots", self.shots),
+            tracking=preset.section("tracking", self.tracking),
             scoring=scoring,
-            assign=_given(self.assign, rules=self.assign_rules),
-            embed_every=self.embed_every,
+            assign=_given(preset.section("assign", self.assign), rules=self.assign_rules),
+            embed_every=flat("embed_every", self.embed_every),
             embed_frames=self.embed_frames,
-            embedder=self.face_embedder,
+            embedder=flat("embedder", self.face_embedder),
             embedder_checkpoint=self.face_embedder_checkpoint,
             fps=fps,
             cache_mb=self.cache_mb,
+            preset=preset.name,
         )
 
 

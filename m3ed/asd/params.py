@@ -117,6 +117,9 @@ class ScoreParams:
     frames: str = "utterances"      # "utterances": the track frames inside an utterance (+ context); "all"
     context_frames: int = 25        # single mode: frames scored around each needed run (1 s)
     fused: bool = True              # Light-ASD: folded batch norms, oneDNN convolutions (2.4x faster; rounding differs)
+    #: False: a track's last frame is not scored, as in the TalkNet demo: its audio cut of T frames
+    #: gives 4T - 1 MFCC rows, trimmed to 4(T - 1), so the video is cut to T - 1 frames.
+    score_last_frame: bool = True
 
     def __post_init__(self):
         if self.mode not in SCORE_MODES:
@@ -154,7 +157,9 @@ class AssignParams:
     stage2_margin: float = 0.1
     #: How a face's similarities to a bank's embeddings are reduced to one number.
     similarity: Literal["mean", "max"] = "mean"
-    #: A speaker with fewer stage-1 faces (frames) than this is unknown: no stage 2 for them.
+    #: A speaker with fewer stage-1 faces (frames) than this is unknown: no stage 2 for them. The
+    #: authors' stage 1 takes only detected frames, so with detection on every K-th frame each of
+    #: its faces counts K frames: the minimum stays 10 frames (0.4 s) of speech.
     min_stage1_faces: int = 10
     #: The authors' rule: a single face in the frame belongs to the current (known) speaker,
     #: unless its embedding assigns it to another known speaker (stage-2 thresholds, reversed).
@@ -164,6 +169,13 @@ class AssignParams:
     #: track goes to the speaker with most stage-1 frames in it and the others' stage-1 decisions
     #: on it are withdrawn (on a tie, everyone's). Withdrawn frames may still be decided by stage 2.
     one_speaker_per_track: bool = True
+    #: The authors' utterance frames (extract_spk_faces.py, ``transtime2frames``): from the start
+    #: frame to the end frame inclusive. False: frames whose time lies in [start, end).
+    end_inclusive: bool = False
+    #: The authors' overlap rule: a frame inside several utterances is decided only for the one their
+    #: frame -> utterance map keeps, the last written (speakers in order of first appearance, each
+    #: one's utterances in order); the others leave it undecided. False: decided for each utterance.
+    one_utterance_per_frame: bool = False
 
     def __post_init__(self) -> None:
         if self.rules not in RULES:

@@ -96,7 +96,8 @@ class AsdPipeline:
             embeddings = self.embed(faces.tracks, crops, self.embedded_rows(dialogue, faces.tracks))
             hook("embeddings", embeddings)
         speaker_faces = assign_speakers(dialogue, faces.tracks, faces.scores, embeddings, self.config.fps,
-                                        self.config.assign, stage1_scores=faces.demo_scores)
+                                        self.config.assign, stage1_scores=faces.demo_scores,
+                                        detect_every=self.config.detector_params.every)
         hook("speaker_faces", speaker_faces)
         return faces, speaker_faces
 
@@ -193,7 +194,7 @@ class AsdPipeline:
         """Per track, a boolean mask of its frames inside some utterance (all that assignment reads)."""
         frames = np.zeros(max((t.last + 1 for t in tracks), default=0), bool)
         for u in dialogue.utterances:
-            inside = utterance_frames(u, self.config.fps)
+            inside = utterance_frames(u, self.config.fps, self.config.assign.end_inclusive)
             frames[inside[inside < len(frames)]] = True
         return [frames[t.first:t.last + 1] for t in tracks]
 

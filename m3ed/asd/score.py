@@ -33,7 +33,9 @@ frames inside some utterance, since assignment reads nothing else). ``multi`` sc
 its grid (aligned on the track start, as the reference) that hold a needed frame: the scores of
 needed frames are exactly those of scoring everything. ``single`` scores each run of needed
 frames widened by ``context_frames`` on both sides (within the track) in one pass. Frames not
-scored are NaN.
+scored are NaN. ``score_last_frame=False`` (``--preset authors``) leaves each track's last frame
+unscored, as the demo: it cuts a track of T frames with audio of T/25 s, whose 4T - 1 MFCC rows it
+trims to 4(T - 1), so the model sees T - 1 frames (the six durations' grid is the same).
 
 ``fused`` (on by default): Light-ASD runs :meth:`m3ed.models.light_asd.LightASD.fused_logits`,
 batch norms folded into the visual convolutions and every one of them run by oneDNN in the
@@ -170,8 +172,9 @@ def score_pieces(tracks: Sequence[Track], audio_frames: int, params: ScoreParams
     """The model inputs to compute: length -> ``(track, first frame within the track)`` of every
     piece, pieces limited to the video frames the audio covers (``audio_frames``)."""
     pieces: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    scored = 0 if params.score_last_frame else 1   # frames left unscored at a track's end (the demo: 1)
     for i, track in enumerate(tracks):
-        covered = max(0, min(len(track), audio_frames - track.first))
+        covered = max(0, min(len(track) - scored, audio_frames - track.first))
         mask = np.ones(covered, bool) if needed is None else np.asarray(needed[i], bool)[:covered]
         if params.mode == "multi":
             # the reference's grid from the track start; a chunk is computed when it holds a needed frame

@@ -55,7 +55,7 @@ class AsdStage(Stage):
 
     def provenance(self) -> dict:
         c = self.config
-        return {**self.detector_provenance, "asd_model": c.model,
+        return {"preset": c.preset, **self.detector_provenance, "asd_model": c.model,
                 **checkpoint_provenance(self.profile, c.model, c.checkpoint),
                 **self.embedder_provenance,
                 "detection": asdict(c.detector_params), "shots": asdict(c.shots), "tracking": asdict(c.tracking),

@@ -154,12 +154,13 @@ class FaceStage(Stage):
     needs = ("asd",)   # reads the speaker faces the asd stage published
 
     def __init__(self, config: FaceConfig, device: str = "cpu", fps: float = DEFAULT_FPS,
-                 speaker_faces_hash: str | None = None, precision: str = "fp32"):
+                 speaker_faces_hash: str | None = None, precision: str = "fp32", preset: str | None = None):
         self.config = config
         self.device = torch.device(device)
         self.precision = precision  # "bf16"/"fp16" autocast on CUDA only
         self.fps = fps
         self.speaker_faces_hash = speaker_faces_hash  # new speaker faces (asd re-run) mean new features
+        self.preset = preset  # the asd preset of the faces it crops (their boxes decide the crops)
         self.model = build_model(config).to(self.device).eval()
         self._checkpoint_sha = sha256_of(Path(config.checkpoint))[:16] if config.checkpoint else None
 
@@ -169,8 +170,8 @@ class FaceStage(Stage):
                             seed=context.profile.seed, mean=options.mean, std=options.std, crop=options.crop,
                             crop_scale=options.crop_scale)
         with open_speaker_faces(context) as faces:  # fail now, clearly, when the asd stage has not run
-            speaker_faces_hash = faces.attrs.get("config_hash")
-        return cls(config, context.device, context.media.timing.fps, speaker_faces_hash, context.precision)
+            speaker_faces_hash, preset = faces.attrs.get("config_hash"), faces.attrs.get("preset")
+        return cls(config, context.device, context.media.timing.fps, speaker_faces_hash, context.precision, preset)
 
     def provenance(self) -> dict:
         c = self.config
@@ -179,7 +180,7 @@ class FaceStage(Stage):
                 "checkpoint_sha256": self._checkpoint_sha,
                 "random_seed": None if c.checkpoint else c.seed, "mean": c.mean, "std": c.std,
                 "crop": c.crop, "crop_scale": c.crop_scale if c.crop == "square" else None, "fps": self.fps,
-                "speaker_faces": self.speaker_faces_hash,
+                "speaker_faces": self.speaker_faces_hash, "preset": self.preset,
                 "precision": self.precision if self.device.type == "cuda" else "fp32"}
 
     def attrs(self, feature_set: str) -> dict:
