@@ -20,7 +20,6 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Iterator
 
-from .lock import pid_alive
 
 if TYPE_CHECKING:
     import h5py
@@ -33,6 +32,17 @@ _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)(?:@(?P<host>[^/@]+?))?\.tmp(?:\.[A
 SPACE_MARGIN = 256 * 1024
 # Less free space than this after a failed write: the disk is full, whatever the writer said.
 NO_ROOM = 64 * 1024
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
 
 
 class DiskFull(OSError):

@@ -27,20 +27,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .files import DiskFull, pid_alive
+
 
 class LockError(RuntimeError):
     """Another process writes this output directory; the message names it and says what to do."""
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, owned by someone else
-    return True
 
 
 class OutputLock:
@@ -79,8 +70,6 @@ class OutputLock:
         except OSError as e:
             self.release()   # removes the holder file, however little of it was written
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                from .files import DiskFull   # m3ed.files imports this module
-
                 raise DiskFull(self.holder_path) from e
             raise
         return self

@@ -170,7 +170,7 @@ class FaceStage(Stage):
                             seed=context.profile.seed, mean=options.mean, std=options.std, crop=options.crop,
                             crop_scale=options.crop_scale)
         with open_speaker_faces(context) as faces:  # fail now, clearly, when the asd stage has not run
-            speaker_faces_hash, preset = faces.attrs.get("config_hash"), faces.attrs.get("preset")
+            speaker_faces_hash, preset = faces.attrs.get("config_hash"), faces.attrs.get("preset", options.preset or "fast")
         return cls(config, context.device, context.media.timing.fps, speaker_faces_hash, context.precision, preset)
 
     def provenance(self) -> dict:

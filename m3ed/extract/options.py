@@ -83,3 +83,7 @@ class VisualOptions:
                                 "times its longer side (default: %(default)s)", flag="--fer-crop", choices=CROPS)
     crop_scale: float = option(DEFAULT_CROP_SCALE, "square crops: side relative to the box's longer side "
                                                    "(default: %(default)s)", flag="--fer-crop-scale")
+
+    #: The run's ``--preset``, handed over by :meth:`m3ed.config.ExtractConfig.stage_options`: the
+    #: preset of the speaker faces when a shard reads its own unpublished parts (which carry no attributes).
+    preset: str | None = None
