@@ -43,9 +43,15 @@ pytestmark = pytest.mark.slow
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
+    """The CPU's name with its family, model and stepping (a virtual machine's name alone may hide its generation)."""
+    info = {}
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    if "model name" in info:
+        return (f"{info['model name']} (family {info.get('cpu family')}, model {info.get('model')}, "
+                f"stepping {info.get('stepping')})")
     import platform as host
 
     return host.processor() or host.machine()
