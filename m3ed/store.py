@@ -21,8 +21,6 @@ dialogues adds or replaces them and carries every other published dialogue over 
 """
 from __future__ import annotations
 
-import errno
-import gc
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -36,7 +34,7 @@ import numpy as np
 from . import __version__
 from .catalogue import spec as catalogue_spec
 from .corpus import Corpus, Dialogue, dialogue_to_dict
-from .files import DiskFull, atomic_h5, atomic_write_text, is_disk_full, quiet_disk_full_cleanup
+from .files import DiskFull, atomic_h5, atomic_write_text
 
 __all__ = ["Failure", "FeatureStore", "FeatureReader", "config_hash", "dialogue_hash", "atomic_write_text",
            "DiskFull", "pad_frames"]
@@ -329,36 +327,6 @@ class _NothingToPublish(Exception):
     """Raised inside :meth:`FeatureStore.publish` to abandon an empty file."""
 
 
-class _h5_writing:
-    """``h5py.File(path, "w")`` whose full-disk errors become :class:`DiskFull`; the file is closed
-    before the error leaves, so that the temporary file can be removed cleanly."""
-
-    def __init__(self, path: Path, size_hint: int = 0):
-        self.path, self.size_hint = path, size_hint
-
-    def __enter__(self) -> h5py.File:
-        try:
-            self.h5 = h5py.File(self.path, "w")
-        except OSError as e:
-            raise (_enospc(e) if is_disk_full(e) else e) from e
-        return self.h5
-
-    def __exit__(self, kind, error, tb) -> None:
-        full = error is not None and is_disk_full(error)
-        with quiet_disk_full_cleanup(full):
-            try:
-                self.h5.close()
-            except (OSError, RuntimeError) as e:
-                full = full or is_disk_full(e)
-                if error is None and not full:
-                    raise
-            if full:
-                del self.h5
-                gc.collect()   # h5py objects of the failed file complain as they go; now, quietly
-        if full:
-            raise _enospc(error) from error   # atomic_path turns it into DiskFull naming the target
-
-
 def _check_arrays(feature_set: str, dialogue_id: str, arrays: Mapping[str, np.ndarray]) -> None:
     """Every array of a known set has its level's axes, and one dialogue's arrays share one size."""
     known = catalogue_spec(feature_set)
@@ -370,10 +338,6 @@ def _check_arrays(feature_set: str, dialogue_id: str, arrays: Mapping[str, np.nd
         dims.add(shape[-1] if shape else 1)
     if len(dims) > 1:
         raise ValueError(f"{feature_set}: dialogue {dialogue_id}: arrays of different sizes {sorted(dims)}")
-
-
-def _enospc(error) -> OSError:
-    return OSError(errno.ENOSPC, f"No space left on device ({error})")
 
 
 class FeatureReader:
