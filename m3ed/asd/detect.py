@@ -65,7 +65,25 @@ def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-class FaceDetector:
+class FrameDetector:
+    """What tracking needs of a face detector (MTCNN here, S3FD in :mod:`m3ed.asd.s3fd`): ``detect(frames)``
+    gives each frame's faces in original pixels. A subclass gives ``device``, ``batch_size``,
+    ``scale(frame_height)``, ``rescale(frames)`` and ``detect_batches(batches, scale)``."""
+
+    @property
+    def workers(self) -> int:
+        """Calls run side by side: on CPU one per torch thread of the run, on a GPU one."""
+        return side_by_side_workers(self.device)
+
+    def detect(self, frames: np.ndarray) -> list[np.ndarray]:
+        """``[n,H,W,3]`` RGB uint8 -> n arrays ``[k,5]`` (x1, y1, x2, y2, score), original pixels."""
+        check_frames(frames)
+        size = self.batch_size
+        batches = [self.rescale(frames[first:first + size]) for first in range(0, len(frames), size)]
+        return [faces for batch in self.detect_batches(batches, self.scale(frames.shape[1])) for faces in batch]
+
+
+class FaceDetector(FrameDetector):
     """MTCNN on batches of frames; ``detect(frames)`` gives each frame's faces in original pixels."""
 
     def __init__(self, params: DetectionParams = DetectionParams(), device: str | torch.device = "cpu"):
@@ -92,21 +110,9 @@ class FaceDetector:
     def batch_size(self) -> int:
         return self.params.batch_for(self.device)
 
-    @property
-    def workers(self) -> int:
-        """MTCNN calls run side by side: on CPU one per torch thread of the run, on a GPU one."""
-        return side_by_side_workers(self.device)
-
-    def detect(self, frames: np.ndarray) -> list[np.ndarray]:
-        """``[n,H,W,3]`` RGB uint8 -> n arrays ``[k,5]`` (x1, y1, x2, y2, probability), original pixels."""
-        _check_frames(frames)
-        scale = self.scale(frames.shape[1])
-        batches = [self.rescale(frames[first:first + self.batch_size]) for first in range(0, len(frames), self.batch_size)]
-        return [faces for batch in self.detect_batches(batches, scale) for faces in batch]
-
     def rescale(self, frames: np.ndarray) -> np.ndarray:
         """Frames at the detection height (the same array when no rescaling is needed)."""
-        _check_frames(frames)
+        check_frames(frames)
         scale = self.scale(frames.shape[1])
         if scale == 1.0:
             return frames
@@ -242,6 +248,6 @@ def detect_faces(detector: FaceDetector, chunks: Iterable[np.ndarray]) -> Detect
     return detections
 
 
-def _check_frames(frames: np.ndarray) -> None:
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be [n, height, width, 3] RGB, got shape {frames.shape}")
+def check_frames(frames: np.ndarray) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be [n, height, width, 3] RGB uint8, got {frames.dtype} {list(frames.shape)}")

@@ -32,9 +32,9 @@ import cv2
 import numpy as np
 import torch
 
-from ..device import side_by_side, side_by_side_workers, torch_threads
+from ..device import side_by_side, torch_threads
 from ..models.s3fd import WEIGHTS_FILE, S3FDNet, load_s3fd, prior_boxes
-from .detect import NO_FACES
+from .detect import NO_FACES, FrameDetector, check_frames
 from .embed import torch_home
 from .params import S3FDParams
 
@@ -116,7 +116,7 @@ def faces_in_pixels(candidates: np.ndarray, width: float, height: float, min_sco
     return rows[nms(rows[:, :4], rows[:, 4], iou)]
 
 
-class S3FDDetector:
+class S3FDDetector(FrameDetector):
     """S3FD on frames; ``detect(frames)`` gives each frame's faces in original pixels (the surface of
     :class:`m3ed.asd.detect.FaceDetector`)."""
 
@@ -143,21 +143,9 @@ class S3FDDetector:
     def batch_size(self) -> int:
         return self.params.batch_size or 16
 
-    @property
-    def workers(self) -> int:
-        """Frames run side by side: on CPU one per torch thread of the run, on a GPU one."""
-        return side_by_side_workers(self.device)
-
-    def detect(self, frames: np.ndarray) -> list[np.ndarray]:
-        """``[n, H, W, 3]`` RGB uint8 -> n arrays ``[k, 5]`` (x1, y1, x2, y2, score), original pixels."""
-        _check_frames(frames)
-        size = self.batch_size
-        batches = [self.rescale(frames[first:first + size]) for first in range(0, len(frames), size)]
-        return [faces for batch in self.detect_batches(batches, self.params.scale) for faces in batch]
-
     def rescale(self, frames: np.ndarray) -> np.ndarray:
         """Frames at detection size (the same array at scale 1), resized as the reference does."""
-        _check_frames(frames)
+        check_frames(frames)
         scale = self.params.scale
         if scale == 1.0 or len(frames) == 0:
             return frames
@@ -190,8 +178,3 @@ class S3FDDetector:
         candidates = face_candidates(heads.loc[0].float().cpu(), heads.conf_logits[0].float().cpu(), priors)
         faces = faces_in_pixels(candidates, width / scale, height / scale, self.params.min_score, self.params.face_iou)
         return faces.astype(np.float32) if len(faces) else NO_FACES
-
-
-def _check_frames(frames: np.ndarray) -> None:
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be [n, height, width, 3] RGB uint8, got {frames.dtype} {list(frames.shape)}")
