@@ -7,7 +7,9 @@ import json
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import h5py
 import pytest
@@ -41,11 +43,17 @@ def with_video(corpus: Corpus, videos: Path) -> Corpus:
                         for d in corpus))
 
 
-def mount_tmpfs(path: Path, size: str) -> None:
-    """A real file system of ``size`` at ``path`` (skips where mounting needs root we lack)."""
+@contextmanager
+def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real file system of ``size`` at ``path`` while the block runs, unmounted after (skips where
+    mounting needs root we lack)."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root")
     path.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -21,10 +21,10 @@ from m3ed.pipelines.cli import extract_main, main
 from m3ed.screening import refused_dialogues
 
 try:
-    from tests.cli_runs import failures as _failures, feature_keys as _keys, mount_tmpfs, with_video as _with_video
+    from tests.cli_runs import failures as _failures, feature_keys as _keys, mounted_tmpfs, with_video as _with_video
     from tests.cli_runs import extract_argv as _argv, write_corpus as _write
 except ImportError:  # tests/ itself on sys.path
-    from cli_runs import failures as _failures, feature_keys as _keys, mount_tmpfs, with_video as _with_video
+    from cli_runs import failures as _failures, feature_keys as _keys, mounted_tmpfs, with_video as _with_video
     from cli_runs import extract_argv as _argv, write_corpus as _write
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -224,9 +224,7 @@ def test_non_finite_release_times_are_named(tmp_path, sample_paths, capsys):
 
 # ---- full disk, leftovers ---------------------------------------------------------------------------------------
 def test_a_full_disk_at_the_start_is_out_of_resources(tmp_path, sample_corpus, capfd, models_cache):
-    disk = tmp_path / "disk"
-    mount_tmpfs(disk, "1m")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
         filler = disk / "filler"
         with open(filler, "wb") as f:   # fill it to the last byte
             try:
@@ -240,8 +238,6 @@ def test_a_full_disk_at_the_start_is_out_of_resources(tmp_path, sample_corpus, c
         err = capfd.readouterr().err
         assert "error: disk full writing" in err and "Traceback" not in err
         assert list((out / ".locks").glob("*.json")) == []   # no empty holder file left
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_a_later_merge_sweeps_what_a_killed_merge_left(tmp_path, sample_corpus, models_cache, same_threads_as_the_workers):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import h5py
@@ -20,9 +19,9 @@ from m3ed.store import Failure
 from m3ed.synthetic import SyntheticConfig, make_synthetic
 
 try:
-    from tests.cli_runs import mount_tmpfs
+    from tests.cli_runs import mounted_tmpfs
 except ImportError:  # tests/ itself on sys.path
-    from cli_runs import mount_tmpfs
+    from cli_runs import mounted_tmpfs
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
               # h5py's late complaints about a failed file ("Exception ignored in ...") count as failures
@@ -34,10 +33,8 @@ TEXT_LINES = [("你好，今天天气很好。", "happy"), ("我们去公园吧�
 @pytest.fixture
 def disk(tmp_path):
     """An 8 MB file system of its own: room for one earlier output, then filled up by :func:`fill`."""
-    path = tmp_path / "disk"
-    mount_tmpfs(path, "8m")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
+    with mounted_tmpfs(tmp_path / "disk", "8m") as path:
+        yield path
 
 
 def fill(disk: Path, keep_kb: int = 4) -> None:

@@ -23,10 +23,10 @@ from m3ed.pipelines.cli import extract_main, main
 from m3ed.store import FeatureStore
 
 try:
-    from tests.cli_runs import BASE, failures as _failures, feature_keys as _keys, mount_tmpfs, with_video as _with_video
+    from tests.cli_runs import BASE, failures as _failures, feature_keys as _keys, mounted_tmpfs, with_video as _with_video
     from tests.cli_runs import extract_argv as _argv, write_corpus as _write
 except ImportError:  # tests/ itself on sys.path
-    from cli_runs import BASE, failures as _failures, feature_keys as _keys, mount_tmpfs, with_video as _with_video
+    from cli_runs import BASE, failures as _failures, feature_keys as _keys, mounted_tmpfs, with_video as _with_video
     from cli_runs import extract_argv as _argv, write_corpus as _write
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -300,10 +300,8 @@ def test_debug_shows_the_traceback(tmp_path, capfd):
 # ---- resources (real small filesystems; need root to mount) --------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):
-    disk = tmp_path / "disk"
-    mount_tmpfs(disk, "2m")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
+    with mounted_tmpfs(tmp_path / "disk", "2m") as disk:
+        yield disk
 
 
 def test_a_full_disk_stops_the_run_cleanly(small_disk, tmp_path, sample_corpus, sample_paths, capfd, models_cache):
@@ -334,9 +332,7 @@ def test_disk_full_in_the_store_leaves_no_partial_file(small_disk):
 
 
 def test_a_read_only_output_that_is_up_to_date_is_fine(tmp_path, sample_corpus, capfd, models_cache):
-    disk = tmp_path / "ro"
-    mount_tmpfs(disk, "20m")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "20m") as disk:
         corpus_path = _write(sample_corpus, tmp_path / "corpus.jsonl")
         out = disk / "out"
         assert extract_main(_argv(corpus_path, out)) == 0
@@ -347,5 +343,4 @@ def test_a_read_only_output_that_is_up_to_date_is_fine(tmp_path, sample_corpus, 
         assert extract_main(_argv(corpus_path, out, "text,audio")) == 2
         err = capfd.readouterr().err
         assert "not writable" in err and "Traceback" not in err
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+
