@@ -256,13 +256,17 @@ def _store_corpus(features_dir: Path) -> tuple[FeatureStore, Corpus]:
     return store, corpus
 
 
+def _require_room_for_sources(store: FeatureStore, chosen: Mapping[str, list[str]], out: Path) -> None:
+    """Room for every file first (about the sources' size): a disk too small leaves an earlier export whole."""
+    require_room(out, sum(store.feature_path(name).stat().st_size for names in chosen.values() for name in names))
+
+
 def _export_mmin(features_dir: Path, features_map: Mapping[str, str], out: Path, notes: list[str],
                  keep_unlabelled: bool) -> None:
     store, corpus = _store_corpus(features_dir)
     ids = [u.id for u in corpus.utterances()]
     chosen = _utterance_sets(features_dir, features_map, notes)
-    # Room for every file first (about the sources' size): a disk too small leaves an earlier export whole.
-    require_room(out, sum(store.feature_path(name).stat().st_size for names in chosen.values() for name in names))
+    _require_room_for_sources(store, chosen, out)
     dims = {}
     for m, names in chosen.items():
         for name in names:
@@ -322,7 +326,7 @@ def _export_utt_baseline(features_dir: Path, features_map: Mapping[str, str], ou
                          keep_unlabelled: bool) -> None:
     store, corpus = _store_corpus(features_dir)
     chosen = {m: names for m, names in _utterance_sets(features_dir, features_map, notes).items() if names}
-    require_room(out, sum(store.feature_path(name).stat().st_size for names in chosen.values() for name in names))
+    _require_room_for_sources(store, chosen, out)
     _note_unlabelled(corpus, keep_unlabelled, notes)
     provenance: dict[str, Any] = {}
     flags: list[str] = []
