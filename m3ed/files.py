@@ -136,6 +136,14 @@ def disk_full_names(path: str | Path, size_hint: int = 0) -> Iterator[None]:
         raise
 
 
+def make_folder(path: str | Path) -> Path:
+    """``path`` and its parents made (kept if they exist); a full disk becomes :class:`DiskFull` naming it."""
+    path = Path(path)
+    with disk_full_names(path):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | Path, *, size_hint: int = 0) -> Iterator[Path]:
     """Yield a temporary path to write; on success it becomes ``path`` (file and folder fsynced).

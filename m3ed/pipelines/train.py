@@ -46,7 +46,7 @@ from ..corpus import EMOTIONS
 from ..models.data import (IGNORE_INDEX, DialogueData, length_bucketed_batches, modality_combinations,
                               parse_features_map, parse_modalities)
 from ..models.registry import SIZES, create_model, get_model_entry, list_models
-from ..files import atomic_open, atomic_write_text, disk_full_names
+from ..files import atomic_open, atomic_write_text, make_folder
 
 __all__ = ["TrainConfig", "add_train_parser", "evaluate", "train", "write_table"]
 
@@ -388,8 +388,7 @@ def _run_one(config: TrainConfig, device: torch.device) -> dict[str, Any]:
     entry = get_model_entry(config.model)
     mods = ",".join(config.modalities)
     out = config.out or Path("runs") / f"{entry.name}_{''.join(config.modalities)}"
-    with disk_full_names(out):
-        out.mkdir(parents=True, exist_ok=True)   # now: a folder that cannot be made stops the run before training
+    make_folder(out)   # now: a folder that cannot be made stops the run before training
     tag = f"{entry.name} {{{mods}}}"
     with DialogueData(config.features, config.modalities, config.features_map, level=entry.input_level,
                       max_frames=config.max_frames) as data:

@@ -40,7 +40,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 from torch import nn
 
-from ..files import atomic_open, atomic_write_text, disk_full_names
+from ..files import atomic_open, atomic_write_text, make_folder
 from ..models.densenet_fer import FACE_SIZE, FER_PLUS_CLASSES, M3ED_FACE_MEAN, M3ED_FACE_STD, DenseNetFER, preprocess
 
 CHECKPOINT_NAME, METRICS_NAME = "densenet_fer.pt", "metrics.json"
@@ -274,8 +274,7 @@ def train(data: dict[str, FaceSet], config: FerTrainConfig, out_dir: str | Path)
     if "train" not in data or len(data["train"]) == 0:
         raise FerDataError("no training images after filtering (check the files and their Usage/split columns)")
     out_dir = Path(out_dir)
-    with disk_full_names(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)   # now: a folder that cannot be made stops the run before training
+    make_folder(out_dir)   # now: a folder that cannot be made stops the run before training
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = DenseNetFER().to(config.device)
