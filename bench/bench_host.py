@@ -10,8 +10,9 @@ that work without a GPU.
 Each feature stage (text, audio, asd, visual) runs in its own ``m3ed-extract`` process (in stage
 order, into one output, as a resumed run would), with ``--threads 1`` so that every network call
 runs on the thread that makes it. Inside the child, every call into a network (the entry points
-``bench/model_time.py`` wraps) is timed in that thread's CPU time; the stage's host cost is the
-process's CPU time (its own and its ffmpeg children's) minus its networks' CPU time. Start-up,
+that ``bench/model_time.py``'s ``route_network_calls`` routes) is timed in that thread's CPU time;
+the stage's host cost is the process's CPU time (its own and its ffmpeg children's) minus its
+networks' CPU time. Start-up,
 imports and model loading cost the same for any length of footage, so the figure is the slope
 between two runs: the sample's footage once (46 s) and ``--copies`` times (7: 5.4 minutes):
 ``core_s_per_video_s = (host(long) - host(short)) / (footage(long) - footage(short))``.
@@ -36,6 +37,7 @@ import time
 from pathlib import Path
 
 from common import device_key, merge_results, subprocess_env, table
+from model_time import route_network_calls
 
 STAGES = ("text", "audio", "asd", "visual")
 
@@ -50,7 +52,8 @@ class NetworkCpu:
         self._local = threading.local()
         self._lock = threading.Lock()
 
-    def call(self, function, *args, **kwargs):
+    def call(self, function, args: tuple, kwargs: dict):
+        """``function(*args, **kwargs)``, its thread CPU time counted unless a network call is already running."""
         depth = getattr(self._local, "depth", 0)
         if depth:
             return function(*args, **kwargs)
@@ -66,32 +69,6 @@ class NetworkCpu:
                 self.calls += 1
 
 
-def instrument(clock: NetworkCpu) -> None:
-    """Count the networks' entry points (the ones bench/model_time.py wraps)."""
-    import torch
-    from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
-    from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
-    from transformers import PreTrainedModel
-
-    from m3ed.models.densenet_fer import DenseNetFER
-    from m3ed.models.light_asd import LightASD
-    from m3ed.models.senet50 import SENet50
-    from m3ed.models.talknet import AudioVisualASD
-
-    roots = (PNet, RNet, ONet, InceptionResnetV1, SENet50, PreTrainedModel, DenseNetFER, LightASD, AudioVisualASD)
-    module_call = torch.nn.Module.__call__
-
-    def call(module, *args, **kwargs):
-        if isinstance(module, roots):
-            return clock.call(module_call, module, *args, **kwargs)
-        return module_call(module, *args, **kwargs)
-
-    torch.nn.Module.__call__ = call
-    for owner, name in ((AudioVisualASD, "logits"), (LightASD, "fused_logits"), (DenseNetFER, "forward_features")):
-        method = getattr(owner, name)
-        setattr(owner, name, lambda *a, _m=method, **k: clock.call(_m, *a, **k))
-
-
 def cpu_seconds() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -99,7 +76,7 @@ def cpu_seconds() -> float:
 
 def child(record: Path, argv: list[str]) -> int:
     clock = NetworkCpu()
-    instrument(clock)
+    route_network_calls(clock.call)
     from m3ed.pipelines.cli import extract_main
 
     code = 3

@@ -77,37 +77,45 @@ class ModelClock:
         finally:
             self.leave()
 
-    def timed(self, function):
-        def wrapper(*args, **kwargs):
-            return self.call(function, args, kwargs)
-        wrapper.__wrapped__ = function
-        return wrapper
 
-
-def instrument(clock: ModelClock) -> None:
-    """Wrap the networks' entry points (the methods the stages call, not their inner layers)."""
+def route_network_calls(through) -> None:
+    """Send every call into a network through ``through(function, args, kwargs)``: the entry points the
+    stages call (MTCNN's nets, the face detectors and embedders, the HF encoders as modules; the ASD
+    models and the FER DenseNet by their methods), not their inner layers. Also used by bench_host.py."""
     from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
     from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
     from transformers import PreTrainedModel
 
-    import m3ed.pipelines.cut as cut
-    import m3ed.pipelines.extract as extract
     from m3ed.models.densenet_fer import DenseNetFER
     from m3ed.models.light_asd import LightASD
+    from m3ed.models.s3fd import S3FDNet
     from m3ed.models.senet50 import SENet50
     from m3ed.models.talknet import AudioVisualASD
 
-    roots = (PNet, RNet, ONet, InceptionResnetV1, SENet50, PreTrainedModel)
+    roots = (PNet, RNet, ONet, S3FDNet, InceptionResnetV1, SENet50, PreTrainedModel)
     module_call = torch.nn.Module.__call__
 
     def call(module, *args, **kwargs):
         if not isinstance(module, roots):
             return module_call(module, *args, **kwargs)
-        return clock.call(module_call, (module, *args), kwargs)
+        return through(module_call, (module, *args), kwargs)
 
     torch.nn.Module.__call__ = call
     for owner, name in ((AudioVisualASD, "logits"), (LightASD, "fused_logits"), (DenseNetFER, "forward_features")):
-        setattr(owner, name, clock.timed(getattr(owner, name)))
+        method = getattr(owner, name)
+
+        def wrapper(*args, _method=method, **kwargs):
+            return through(_method, args, kwargs)
+        wrapper.__wrapped__ = method
+        setattr(owner, name, wrapper)
+
+
+def instrument(clock: ModelClock) -> None:
+    """Time and record the networks' calls (:func:`route_network_calls`) and the cut's ffmpeg CPU, by stage."""
+    import m3ed.pipelines.cut as cut
+    import m3ed.pipelines.extract as extract
+
+    route_network_calls(clock.call)
 
     run_stage = extract.run_stage
 
