@@ -195,7 +195,7 @@ def run_sample(schedules, device: str, reference_cache: Path | None = None) -> l
             else:
                 pipeline = pipelines[schedule]
                 watch = Watch()   # after the models are built: the watch times the steps only
-                _, faces = pipeline.run(dialogue, decoded, hook=watch)
+                _, faces, _ = pipeline.run(dialogue, decoded, hook=watch)
                 tracks, seconds = watch.tracks, watch.detect_seconds
                 parts = {"score_s": watch.seconds["scores"], "embed_s": watch.seconds["embeddings"],
                          "faces": watch.faces_embedded}
@@ -235,7 +235,7 @@ def run_carphone(schedules, device: str) -> list[dict]:
         """Boxes and tracks only (no sound or annotation): the pipeline's front half."""
         pipeline = pipelines[schedule]
         watch = Watch()
-        pipeline.find_faces(clip.name, DecodedDialogue(frames).frames, hook=watch)
+        pipeline.finder.find_faces(clip.name, DecodedDialogue(frames).frames, hook=watch)
         return watch.tracks, watch.detect_seconds
 
     reference, ref_seconds = find_tracks(REFERENCE)

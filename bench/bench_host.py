@@ -7,28 +7,29 @@ pre- and post-processing, crops, MFCC, batching, writing): on a GPU the networks
 the host work of one process decides how fast it goes and how many cores it needs. This measures
 that work without a GPU.
 
-Each feature stage (text, audio, asd, visual) runs in its own ``m3ed-extract`` process (in stage
-order, into one output, as a resumed run would), with ``--threads 1`` so that every network call
-runs on the thread that makes it. Inside the child, every call into a network (the entry points
+Text and audio each run in their own ``m3ed-extract`` process, asd and visual together in one (as a
+whole run has them: the visual stage takes the crops the asd stage cut), all into one output, with
+``--threads 1`` so that every network call runs on the thread that makes it and ``--workers 1`` so
+that all of it runs in that process. Inside the child, every call into a network (the entry points
 that ``bench/model_time.py``'s ``route_network_calls`` routes) is timed in that thread's CPU time;
-the stage's host cost is the process's CPU time (its own and its ffmpeg children's) minus its
-networks' CPU time. Start-up,
-imports and model loading cost the same for any length of footage, so the figure is the slope
-between two runs: the sample's footage once (46 s) and ``--copies`` times (7: 5.4 minutes):
+a stage's host cost is the process's CPU time during the stage (its own and its ffmpeg children's)
+minus its networks' CPU time. Start-up, imports and model loading cost the same for any length of
+footage, so the figure is the slope between two runs: the sample's footage once (46 s) and
+``--copies`` times (7: 5.4 minutes):
 ``core_s_per_video_s = (host(long) - host(short)) / (footage(long) - footage(short))``.
 
 Writes ``bench/results.json`` key ``host`` (``host_cuda`` with ``--device cuda``): per stage and in
 total the host core-seconds per second of video, the networks' core-seconds per second of video,
 and ``projected_realtime_x_16_cores`` = 16 / host cost: how many times real time 16 cores could go
 if the host work spread over them and the networks cost nothing (a ceiling, not a measurement).
-``workers_speedup`` is null: the pipeline has no in-run worker pool yet.
+``workers_speedup``: the asd stage's wall time on the long footage with ``--workers 1`` and
+``--workers 2`` (on a 2-core machine the two workers share the cores with the main process's networks).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,8 @@ from pathlib import Path
 
 from common import device_key, merge_results, subprocess_env, table
 from model_time import route_network_calls
+
+from m3ed.usage import cpu_seconds
 
 STAGES = ("text", "audio", "asd", "visual")
 
@@ -69,22 +72,29 @@ class NetworkCpu:
                 self.calls += 1
 
 
-def cpu_seconds() -> float:
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 def child(record: Path, argv: list[str]) -> int:
+    """One ``m3ed-extract`` run; per stage, the process's CPU time and its networks' thread CPU time."""
     clock = NetworkCpu()
     route_network_calls(clock.call)
+    import m3ed.pipelines.extract as extract
     from m3ed.pipelines.cli import extract_main
 
+    stages, run_stage = {}, extract.run_stage
+
+    def counted(stage, *args, **kwargs):
+        cpu, network, started = cpu_seconds(), clock.seconds, time.perf_counter()
+        try:
+            return run_stage(stage, *args, **kwargs)
+        finally:
+            stages[stage.name] = {"cpu_s": cpu_seconds() - cpu, "network_cpu_s": clock.seconds - network,
+                                  "wall_s": time.perf_counter() - started}
+
+    extract.run_stage = counted
     code = 3
     try:
         code = extract_main(argv)
     finally:
-        record.write_text(json.dumps({"cpu_s": cpu_seconds(), "network_cpu_s": clock.seconds,
-                                      "network_calls": clock.calls, "exit": code}))
+        record.write_text(json.dumps({"stages": stages, "exit": code}))
     return code
 
 
@@ -95,19 +105,37 @@ def write_manifest(path: Path, copies: int) -> float:
     return sample_manifest(path, copies)[0]
 
 
+def run_child(manifest: Path, out: Path, stages: str, device: str, env: dict, *extra: str) -> dict[str, dict]:
+    """Per stage of one ``m3ed-extract`` process: its CPU seconds, its networks' CPU seconds, its wall seconds."""
+    record = out.parent / f"{out.name}-{stages.replace(',', '-')}.json"
+    cmd = [sys.executable, __file__, "--child", str(record), "--annotations", str(manifest), "--out", str(out),
+           "--stages", stages, "--profile", "paper-random", "--asd-model", "light-asd", "--device", device,
+           "--threads", "1", "--no-report", "--no-progress", *extra]
+    record.unlink(missing_ok=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode not in (0, 1) or not record.exists():
+        raise SystemExit(f"{stages} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(record.read_text())["stages"]
+
+
 def run_stages(manifest: Path, out: Path, device: str, env: dict) -> dict[str, dict]:
+    """Text and audio each in a process of its own (one large model each), asd and visual in one, as a
+    whole run has them (the visual stage takes the crops the asd stage cut); ``--workers 1``, so that
+    every network call is timed in this process."""
     result = {}
-    for stage in STAGES:
-        record = out.parent / f"{out.name}-{stage}.json"
-        cmd = [sys.executable, __file__, "--child", str(record), "--annotations", str(manifest), "--out", str(out),
-               "--stages", stage, "--profile", "paper-random", "--asd-model", "light-asd", "--device", device,
-               "--threads", "1", "--no-report", "--no-progress"]
-        record.unlink(missing_ok=True)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode not in (0, 1) or not record.exists():
-            raise SystemExit(f"{stage} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-        result[stage] = json.loads(record.read_text())
+    for stages in ("text", "audio", "asd,visual"):
+        result.update(run_child(manifest, out, stages, device, env, "--workers", "1"))
     return result
+
+
+def workers_speedup(manifest: Path, work: Path, device: str, env: dict) -> dict:
+    """Wall seconds of the asd stage on the long footage with ``--workers 1`` and ``--workers 2``."""
+    wall = {}
+    for workers in (1, 2):
+        out = work / f"workers-{workers}"
+        wall[workers] = run_child(manifest, out, "asd", device, env, "--workers", str(workers))["asd"]["wall_s"]
+    return {"asd_wall_s_workers_1": round(wall[1], 1), "asd_wall_s_workers_2": round(wall[2], 1),
+            "speedup": round(wall[1] / wall[2], 2)}
 
 
 def main() -> None:
@@ -117,6 +145,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=7, help="copies of the sample in the long run (7: 5.4 min)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("--skip-workers", action="store_true", help="leave out the --workers 1 vs 2 comparison")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="m3ed-bench-host-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -143,7 +172,8 @@ def main() -> None:
         "core_s_per_video_s": round(total_host, 3), "network_core_s_per_video_s": round(total_network, 3),
         "by_stage": {r["stage"]: {k: v for k, v in r.items() if k != "stage"} for r in rows},
         "projected_realtime_x_16_cores": round(16 / max(total_host, 1e-9), 1),
-        "target_core_s_per_video_s": 0.15, "workers_speedup": None,
+        "target_core_s_per_video_s": 0.15,
+        "workers_speedup": None if args.skip_workers else workers_speedup(work / "long.csv", work, args.device, env),
     }
     merge_results(device_key("host", args.device), result)
     rows.append({"stage": "total", "host_core_s_per_video_s": result["core_s_per_video_s"],
@@ -151,6 +181,9 @@ def main() -> None:
     print(table(rows, ["stage", "host_core_s_per_video_s", "network_core_s_per_video_s"]))
     print(f"host work projects to {result['projected_realtime_x_16_cores']}x real time on 16 cores "
           f"(target: <= 0.15 core-s per video-s, >= 100x)")
+    if result["workers_speedup"]:
+        print(f"asd stage, long footage: --workers 1 {result['workers_speedup']['asd_wall_s_workers_1']} s, "
+              f"--workers 2 {result['workers_speedup']['asd_wall_s_workers_2']} s")
 
 
 if __name__ == "__main__":

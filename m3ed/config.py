@@ -118,6 +118,11 @@ class RunOptions:
                                        "OMP_NUM_THREADS or all cores; recorded in run.json). On a machine shared "
                                        "with other work, fewer threads than cores run faster (README, Benchmarks). "
                                        "MTCNN always uses one", flag="--threads", metavar="N")
+    workers: int | None = option(None, "processes doing the host work of the asd stage (decoding, shots, face "
+                                       "detection, crops, MFCC) for the next dialogues while the models run on this "
+                                       "one; the output is the same for any N (default: every core but one with "
+                                       "--device cuda, else 1: in place; recorded in run.json)",
+                                 flag="--workers", metavar="N")
     cut_workers: int = option(2, "parallel ffmpeg processes for the cut stage (default: %(default)s). Followed by "
                                  "other stages, the cut runs beside them at the lowest CPU priority",
                               flag="--cut-workers", metavar="N")
@@ -143,6 +148,8 @@ class RunOptions:
             raise ConfigurationError(f"--threads {self.threads}: must be >= 1")
         if self.preset not in PRESETS:
             raise ConfigurationError(f"--preset {self.preset}: choose one of {', '.join(PRESETS)}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigurationError(f"--workers {self.workers}: must be >= 1")
         if self.cut_workers < 1:
             raise ConfigurationError(f"--cut-workers {self.cut_workers}: must be >= 1")
         if self.stages is not None and not self.stages:   # `--stages ''` must not mean every stage

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import numpy as np
 
@@ -36,6 +36,9 @@ class RunContext:
     device: str = "cpu"
     precision: str = "fp32"   # "fp32", "bf16" or "fp16" (autocast; CUDA only)
     sharded: bool = False     # one shard of a run: results stay unpublished parts until ``m3ed merge``
+    # The visual stage's crop (mode, scale) when it follows the asd stage in this run: the asd stage
+    # cuts its crops from the frames it decodes anyway (m3ed.asd.speaker_crops).
+    fer_crop: tuple[str, float] | None = None
 
 
 @dataclass
@@ -77,8 +80,17 @@ class Stage:
         """Extra attributes of one feature file (frame rate, normalisation constants...)."""
         return {}
 
-    def process(self, dialogues: list[Dialogue], context: RunContext) -> Iterator[DialogueResult]:
+    def process(self, dialogues: list[Dialogue], context: RunContext,
+                prepared: Mapping[str, Any] | None = None) -> Iterator[DialogueResult]:
+        """Each dialogue's result. ``prepared``: dialogue id -> what :meth:`host_work` returned for it
+        in a worker process (or the exception it raised), for the dialogues done ahead so."""
         raise NotImplementedError
+
+    def host_work(self, context: RunContext) -> Callable[[Dialogue, MediaSource], Any] | None:
+        """The part of :meth:`process` that needs none of the stage's large models (decoding, shots,
+        crops...), as a picklable ``work(dialogue, media)`` that worker processes run ahead
+        (``--workers``, :mod:`m3ed.pipelines.host_pool`); None when the stage has no such part."""
+        return None
 
     def close(self) -> None:
         """Release models (one large model resident at a time)."""

@@ -119,6 +119,10 @@ class FeatureStore:
     def part_path(self, feature_set: str, dialogue_id: str) -> Path:
         return self.parts_dir / feature_set / f"{_file_name(dialogue_id)}.h5"
 
+    def scratch_path(self, folder: str, dialogue_id: str, suffix: str) -> Path:
+        """A file one stage leaves for a later one about one dialogue (not output: under ``.parts``)."""
+        return self.parts_dir / folder / f"{_file_name(dialogue_id)}{suffix}"
+
     def _failed_path(self, feature_set: str, dialogue_id: str) -> Path:
         return self.parts_dir / feature_set / f"{_file_name(dialogue_id)}.failed.json"
 

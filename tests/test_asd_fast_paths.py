@@ -71,7 +71,7 @@ def sample_tracks(sample_paths, sample_corpus):
     media = MediaSource(sample_paths["videos"])
     dialogue = sample_corpus[DIALOGUE]
     span = media.locate(dialogue)
-    faces, crops = pipeline.find_faces(DIALOGUE, lambda: media.frames(span, chunk=CHUNK_FRAMES))
+    faces, crops = pipeline.finder.find_faces(DIALOGUE, lambda: media.frames(span, chunk=CHUNK_FRAMES))
     return pipeline, dialogue, faces, crops, media.audio(span)
 
 
@@ -118,7 +118,7 @@ def test_embedding_only_read_rows_gives_the_same_assignment(sample_tracks):
     pipeline, dialogue, faces, crops, audio = sample_tracks
     from m3ed.asd.assign import assign_speakers
 
-    faces.scores, faces.demo_scores = pipeline.score(faces.tracks, crops, audio,
+    faces.scores, faces.demo_scores = pipeline.score(faces.tracks, crops, dialogue_mfcc(audio),
                                                      pipeline.needed_frames(dialogue, faces.tracks))
     # the dialogue with its first half of utterances only: the tracks go on, unread, after them
     half = dialogue.utterances[:len(dialogue.utterances) // 2]
@@ -149,7 +149,7 @@ def test_run_calls_the_hook_after_each_step_with_what_it_made(sample_tracks, sam
     needed_frames and embedded_rows name (the conditions tested above are the ones it runs)."""
     pipeline, dialogue, _, _, _ = sample_tracks
     seen: list[tuple[str, object]] = []
-    faces, speaker_faces = pipeline.run(dialogue, MediaSource(sample_paths["videos"]),
+    faces, speaker_faces, _ = pipeline.run(dialogue, MediaSource(sample_paths["videos"]),
                                         hook=lambda step, artifact: seen.append((step, artifact)))
     steps = [step for step, _ in seen]
     assert steps[0] == "audio" and steps[-4:] == ["faces", "scores", "embeddings", "speaker_faces"]

@@ -39,21 +39,21 @@ def two_pass(sample_media, sample_corpus):
         shots.update(chunk)
         detections.add_chunk(pipeline.detector, chunk)
     tracks = track_faces(detections, shots.boundaries())
-    crops = pipeline.crop(tracks, sample_media.frames(span, chunk=CHUNK_FRAMES))
+    crops = pipeline.finder.crop(tracks, sample_media.frames(span, chunk=CHUNK_FRAMES))
     return pipeline, span, shots.boundaries(), tracks, crops
 
 
 @pytest.mark.parametrize("cache_mb", [512, 40, 0])   # whole dialogue / shot by shot with long shots redone / nothing held
 def test_one_decode_gives_the_tracks_and_crops_of_two(two_pass, sample_media, cache_mb):
     pipeline, span, shots, tracks, crops = two_pass
-    pipeline.config = dataclasses.replace(pipeline.config, cache_mb=cache_mb)
+    pipeline.finder.config = dataclasses.replace(pipeline.config, cache_mb=cache_mb)
     decodes = []
 
     def decode():
         decodes.append(1)
         return sample_media.frames(span, chunk=CHUNK_FRAMES)
 
-    faces, once = pipeline.find_faces(DIALOGUE, decode)
+    faces, once = pipeline.finder.find_faces(DIALOGUE, decode)
     # Exact: the same arithmetic. Each frame's faces come from that frame alone (m3ed.asd.mtcnn), and
     # the crops from the same decoded frames; the cache only decides when they are computed.
     assert len(shots) > 2 and faces.shots.tolist() == shots.tolist()

@@ -17,6 +17,10 @@ is not materialised: pixels outside the frame are filled with 110 directly.
 Embedding crops (:func:`face_crops`): facenet-pytorch's ``extract_face`` geometry (the box
 grown by ``margin`` pixels of the output scale, clipped to the frame, resized to 160 x 160 with
 area interpolation), RGB uint8.
+
+FER crops (:func:`crop_face`): the visual stage's DenseNet input, gray 64 x 64 (its module,
+:mod:`m3ed.extract.face`, says how). :class:`TrackCrops` cuts them too when asked, so that the
+visual stage need not decode the video again (:mod:`m3ed.asd.speaker_crops`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ import cv2
 import numpy as np
 from scipy.signal import medfilt
 
+from ..extract.options import DEFAULT_CROP_SCALE
+from ..models.densenet_fer import FACE_SIZE as FER_FACE_SIZE
 from .track import Track
 
 CROP_SCALE = 0.4          # demo cropScale (cs): the crop square is (1 + cs) times the face box
@@ -96,23 +102,73 @@ def _face_crop(frame: np.ndarray, box: np.ndarray, size: int, margin: float) -> 
     return cv2.resize(frame[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
 
 
+def crop_face(frame_rgb: np.ndarray, box: np.ndarray, crop: str = "tight",
+              scale: float = DEFAULT_CROP_SCALE) -> np.ndarray:
+    """Gray uint8 ``[64, 64]`` of the face in ``box`` (x1, y1, x2, y2 in the frame's pixels)."""
+    if crop == "tight":
+        return tight_crop(frame_rgb, box)
+    return square_crop(frame_rgb, box, scale)
+
+
+def tight_crop(frame_rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The authors' face: the box's top-left clamped to the picture, every corner truncated to an integer
+    pixel, the rows and columns in between cut out (beyond the picture's right and bottom edges nothing
+    is cut) and resized, aspect ratio not kept, to 64x64 with OpenCV's default bilinear interpolation."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    h, w = frame_rgb.shape[:2]
+    left, top = int(max(x1, 0.0)), int(max(y1, 0.0))
+    right, bottom = min(int(x2), w), min(int(y2), h)
+    if right <= left or bottom <= top:
+        raise ValueError(f"face box {[round(v, 1) for v in (x1, y1, x2, y2)]} holds no pixel of the {w}x{h} frame "
+                         f"(is speaker_faces from another video?)")
+    gray = cv2.cvtColor(np.ascontiguousarray(frame_rgb[top:bottom, left:right]), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(gray, (FER_FACE_SIZE, FER_FACE_SIZE), interpolation=cv2.INTER_LINEAR)
+
+
+def square_crop(frame_rgb: np.ndarray, box: np.ndarray, scale: float = DEFAULT_CROP_SCALE) -> np.ndarray:
+    """A square of ``scale`` x the box's longer side around its centre, zero-padded outside the picture."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1, 1.0) * scale
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    size = max(1, int(round(side)))
+    h, w = frame_rgb.shape[:2]
+    pad = max(0, -left, -top, left + size - w, top + size - h)
+    gray = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY)
+    if pad:
+        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    patch = gray[top + pad: top + pad + size, left + pad: left + pad + size]
+    interpolation = cv2.INTER_AREA if size > FER_FACE_SIZE else cv2.INTER_LINEAR
+    return cv2.resize(patch, (FER_FACE_SIZE, FER_FACE_SIZE), interpolation=interpolation)
+
+
 class TrackCrops:
     """Cuts every track's crops from a stream of frame chunks (memory: the crops, one chunk of frames).
 
     ``asd[i]``: ``[len(track_i), 112, 112]`` uint8 ASD input. ``faces[i]``: ``[m, 160, 160, 3]``
     embedding crops at the track positions ``face_positions[i]`` (every ``embed_every``-th frame of
-    the track, and its last).
+    the track, and its last). With ``fer`` (``crop(frame, box) -> [64, 64]``, a partial of
+    :func:`crop_face`) and ``fer_frames`` (a boolean mask over the dialogue's frames), ``fer[i]``
+    holds the FER crops at the track positions ``fer_positions[i]``: its rows in a wanted frame. A
+    box that holds no pixel of its frame gets no crop, and its track position is left in
+    ``fer_missing[i]``.
     """
 
     def __init__(self, tracks: Sequence[Track], embed_every: int = 5, cs: float = CROP_SCALE,
-                 embed_size: int = EMBED_FACE_SIZE, embed_margin: float = EMBED_MARGIN, embed_box=None):
+                 embed_size: int = EMBED_FACE_SIZE, embed_margin: float = EMBED_MARGIN, embed_box=None,
+                 fer=None, fer_frames: np.ndarray | None = None):
         self.tracks = list(tracks)
         self.cs, self.embed_size, self.embed_margin = cs, embed_size, embed_margin
-        self.embed_box = embed_box or (lambda box: box)   # the part of a face box the embedder reads
+        self.embed_box = embed_box or whole_box   # the part of a face box the embedder reads
         self._smooth = [smooth_boxes(t.boxes) for t in self.tracks]
         self.asd = [np.zeros((len(t), ASD_FACE_SIZE, ASD_FACE_SIZE), np.uint8) for t in self.tracks]
         self.face_positions = [embed_positions(len(t), embed_every) for t in self.tracks]
         self.faces = [np.zeros((len(p), embed_size, embed_size, 3), np.uint8) for p in self.face_positions]
+        self.fer_crop = fer
+        wanted = np.zeros(0, bool) if fer is None or fer_frames is None else np.asarray(fer_frames, bool)
+        self.fer_positions = [np.flatnonzero(_lookup(wanted, t.frames)) for t in self.tracks]
+        self.fer = [np.zeros((len(p), FER_FACE_SIZE, FER_FACE_SIZE), np.uint8) for p in self.fer_positions]
+        self.fer_missing: list[list[int]] = [[] for _ in self.tracks]
         self._done = [np.zeros(len(t), bool) for t in self.tracks]
         self._next = 0
 
@@ -128,10 +184,16 @@ class TrackCrops:
                 image = frames[frame - first]
                 self.asd[i][k] = asd_crop(image, s[k], x[k], y[k], self.cs)
                 self._done[i][k] = True
-                j = np.searchsorted(self.face_positions[i], k)
-                if j < len(self.face_positions[i]) and self.face_positions[i][j] == k:
+                j = index_of(self.face_positions[i], k)
+                if j is not None:
                     self.faces[i][j] = _face_crop(image, self.embed_box(track.boxes[k]), self.embed_size,
                                                   self.embed_margin)
+                j = index_of(self.fer_positions[i], k)
+                if j is not None:
+                    try:
+                        self.fer[i][j] = self.fer_crop(image, track.boxes[k])
+                    except ValueError:   # no pixel of the frame: the visual stage reports it
+                        self.fer_missing[i].append(k)
 
     @property
     def next_frame(self) -> int:
@@ -150,7 +212,8 @@ class TrackCrops:
         first = parts[0] if parts else cls([])
         merged.cs, merged.embed_size, merged.embed_margin = first.cs, first.embed_size, first.embed_margin
         merged.embed_box = first.embed_box
-        for name in ("_smooth", "asd", "face_positions", "faces", "_done"):
+        merged.fer_crop = first.fer_crop
+        for name in ("_smooth", "asd", "face_positions", "faces", "fer_positions", "fer", "fer_missing", "_done"):
             setattr(merged, name, [getattr(where[id(t)][0], name)[where[id(t)][1]] for t in tracks])
         merged._next = max((part._next for part in parts), default=0)
         return merged
@@ -168,3 +231,22 @@ def embed_positions(length: int, every: int) -> np.ndarray:
     if length and positions[-1] != length - 1:
         positions = np.append(positions, length - 1)
     return positions.astype(np.int64)
+
+
+def whole_box(box: np.ndarray) -> np.ndarray:
+    """The embedder reads the whole box (a function, not a lambda: crops travel between processes)."""
+    return box
+
+
+def index_of(positions: np.ndarray, k: int) -> int | None:
+    """The index of ``k`` in the ascending ``positions``, or None."""
+    j = int(np.searchsorted(positions, k))
+    return j if j < len(positions) and positions[j] == k else None
+
+
+def _lookup(mask: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """``mask[frames]``, False past the mask's end."""
+    inside = frames < len(mask)
+    out = np.zeros(len(frames), bool)
+    out[inside] = mask[frames[inside]]
+    return out

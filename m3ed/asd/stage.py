@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -20,10 +20,13 @@ from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register
 from ..store import Failure, atomic_write_text
 from .assign import COLUMNS, RULE_NAMES
 from .detectors import detector_provenance
+from .crop import TrackCrops
 from .faces import FEATURE_SET, DialogueFaces, tracks_path
+from .find import FrontHalf
 from .options import AsdConfig, AsdOptions, with_flags
 from .pipeline import AsdPipeline
 from .score import checkpoint_provenance
+from .speaker_crops import crops_path, speaker_crops
 
 
 @register_stage
@@ -68,15 +71,32 @@ class AsdStage(Stage):
                 "asd_model": self.config.model, "assign_rules": self.config.assign.rules,
                 "stage_codes": ", ".join(f"{code} {name}" for code, name in RULE_NAMES.items())}
 
-    def process(self, dialogues: list[Dialogue], context: RunContext) -> Iterator[DialogueResult]:
+    def process(self, dialogues: list[Dialogue], context: RunContext,
+                prepared: Mapping[str, Any] | None = None) -> Iterator[DialogueResult]:
         for dialogue in dialogues:
             try:
-                faces, speaker_faces = self.pipeline.run(dialogue, context.media)
+                found = (prepared or {}).get(dialogue.id)
+                if isinstance(found, BaseException):   # the worker's error for this dialogue
+                    raise found
+                faces, speaker_faces, crops = self.pipeline.run(dialogue, context.media, found=found,
+                                                                fer=context.fer_crop)
             except (MediaError, OSError) as e:
                 yield failed_dialogue(dialogue, f"asd: {e}")
                 continue
             self._write_tracks(faces)
+            if context.fer_crop:
+                self._leave_crops(context, dialogue, faces, speaker_faces, crops)
             yield self._result(dialogue, speaker_faces)
+
+    def host_work(self, context: RunContext) -> FrontHalf:
+        return self.pipeline.front_half(context.fer_crop)
+
+    def _leave_crops(self, context: RunContext, dialogue: Dialogue, faces: DialogueFaces,
+                     speaker_faces: dict[str, np.ndarray], crops: TrackCrops) -> None:
+        """The speaker's FER crops, for the visual stage that follows in this run."""
+        handed = speaker_crops(speaker_faces, faces.tracks, crops, *context.fer_crop)
+        if handed is not None:
+            handed.save(crops_path(context.store, dialogue.id))
 
     def _result(self, dialogue: Dialogue, speaker_faces: dict[str, np.ndarray]) -> DialogueResult:
         result = DialogueResult(dialogue.id, features={FEATURE_SET: {}})

@@ -1,7 +1,8 @@
 """The visual stage: DenseNet FER features of the speaker's face (the paper's V_Frm and V_Utt).
 
 For each utterance it reads the speaker's face box per frame from the ``speaker_faces`` feature set
-(written by the asd stage), decodes the dialogue's frames once, crops each chosen face, converts it
+(written by the asd stage), crops each chosen face (or takes the crops the asd stage of the same run
+cut while it had the frames: :mod:`m3ed.asd.speaker_crops`; else it decodes the dialogue once), converts it
 to gray 64x64, normalises it with scalar constants and runs the authors' DenseNet-BC-100. The crop
 (``--fer-crop``) is by default the authors' (``extract_spk_faces.py`` cut the detector box out of the
 frame, ``extract_visual_ft.py`` stretched it to 64x64): the tight box, its aspect ratio not kept; the
@@ -19,20 +20,22 @@ use random weights from ``profile.seed`` (meaningless features, real cost).
 """
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 import torch
 
+from ..asd.crop import crop_face
+from ..asd.speaker_crops import SpeakerCrops, crops_path, face_rows
 from ..catalogue import BOX, COLUMN
 from ..corpus import Dialogue
 from ..device import autocast, side_by_side
 from ..media import MediaError
-from ..models.densenet_fer import FACE_SIZE, M3ED_FACE_MEAN, M3ED_FACE_STD, DenseNetFER, preprocess
+from ..models.densenet_fer import M3ED_FACE_MEAN, M3ED_FACE_STD, DenseNetFER, preprocess
 from ..stage import DialogueResult, RunContext, Stage, failed_dialogue, register_stage
 from ..profiles import Profile, fetch_checkpoint, unavailable
 from ..store import Failure, FeatureReader, PartsReader
@@ -40,6 +43,8 @@ from ..timecode import DEFAULT_FPS
 from ..weights import sha256_of
 from .batching import split_on_oom
 from .options import CROPS, DEFAULT_CROP_SCALE, VisualOptions
+
+log = logging.getLogger(__name__)
 
 FRAME_SET, MEAN_SET = "denseface_frame", "denseface_mean"
 SPEAKER_FACES = "speaker_faces"
@@ -106,46 +111,6 @@ def build_model(config: FaceConfig) -> DenseNetFER:
         return DenseNetFER().eval()
 
 
-def crop_face(frame_rgb: np.ndarray, box: np.ndarray, crop: str = "tight",
-              scale: float = DEFAULT_CROP_SCALE) -> np.ndarray:
-    """Gray uint8 ``[64, 64]`` of the face in ``box`` (x1, y1, x2, y2 in the frame's pixels)."""
-    if crop == "tight":
-        return tight_crop(frame_rgb, box)
-    return square_crop(frame_rgb, box, scale)
-
-
-def tight_crop(frame_rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """The authors' face: the box's top-left clamped to the picture, every corner truncated to an integer
-    pixel, the rows and columns in between cut out (beyond the picture's right and bottom edges nothing
-    is cut) and resized, aspect ratio not kept, to 64x64 with OpenCV's default bilinear interpolation."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    h, w = frame_rgb.shape[:2]
-    left, top = int(max(x1, 0.0)), int(max(y1, 0.0))
-    right, bottom = min(int(x2), w), min(int(y2), h)
-    if right <= left or bottom <= top:
-        raise ValueError(f"face box {[round(v, 1) for v in (x1, y1, x2, y2)]} holds no pixel of the {w}x{h} frame "
-                         f"(is speaker_faces from another video?)")
-    gray = cv2.cvtColor(np.ascontiguousarray(frame_rgb[top:bottom, left:right]), cv2.COLOR_RGB2GRAY)
-    return cv2.resize(gray, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_LINEAR)
-
-
-def square_crop(frame_rgb: np.ndarray, box: np.ndarray, scale: float = DEFAULT_CROP_SCALE) -> np.ndarray:
-    """A square of ``scale`` x the box's longer side around its centre, zero-padded outside the picture."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    side = max(x2 - x1, y2 - y1, 1.0) * scale
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
-    size = max(1, int(round(side)))
-    h, w = frame_rgb.shape[:2]
-    pad = max(0, -left, -top, left + size - w, top + size - h)
-    gray = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY)
-    if pad:
-        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-    patch = gray[top + pad: top + pad + size, left + pad: left + pad + size]
-    interpolation = cv2.INTER_AREA if size > FACE_SIZE else cv2.INTER_LINEAR
-    return cv2.resize(patch, (FACE_SIZE, FACE_SIZE), interpolation=interpolation)
-
-
 @register_stage
 class FaceStage(Stage):
     name = "visual"
@@ -203,31 +168,47 @@ class FaceStage(Stage):
 
     def _dialogue(self, dialogue: Dialogue, faces: FeatureReader, context: RunContext) -> DialogueResult:
         result = DialogueResult(dialogue.id, features={FRAME_SET: {}, MEAN_SET: {}})
-        wanted = {}  # utterance id -> rows with a speaker face
+        wanted = {}  # utterance id -> rows with a speaker face, in frame order
         for u in dialogue.utterances:
             rows = faces.get(u.id)
             if rows is None:
                 reason = "no speaker_faces entry for this utterance (the asd stage failed for it; see failures.jsonl)"
             else:
-                rows = rows[rows[:, COLUMN["track"]] >= 0]
+                rows = face_rows(rows)
                 reason = f"no face of speaker {u.speaker} found in this utterance"
             if rows is None or len(rows) == 0:
                 result.failures += [Failure(s, dialogue.id, u.id, reason) for s in self.feature_sets]
             else:
                 wanted[u.id] = rows
         if wanted:
-            crops = self.crops(dialogue, wanted, context)
+            crops = self.handed_over(dialogue, wanted, context) or self.crops(dialogue, wanted, context)
             for utt_id, feats in self.features(crops).items():
                 result.features[FRAME_SET][utt_id] = feats
                 result.features[MEAN_SET][utt_id] = feats.mean(axis=0)
         return result
 
+    def handed_over(self, dialogue: Dialogue, wanted: dict[str, np.ndarray],
+                    context: RunContext) -> dict[str, list[np.ndarray]] | None:
+        """The crops the asd stage of this run cut for ``wanted`` (:mod:`m3ed.asd.speaker_crops`), if
+        they are exactly what :meth:`crops` would cut; the file is removed once read."""
+        path = crops_path(context.store, dialogue.id)
+        if not path.exists():
+            return None
+        try:
+            handed = SpeakerCrops.load(path)
+        except (OSError, ValueError, KeyError) as e:   # a damaged file: decode instead
+            log.warning("dialogue %s: %s unreadable (%s); decoding the video instead", dialogue.id, path, e)
+            return None
+        finally:
+            path.unlink(missing_ok=True)
+        return handed.matching(wanted, self.config.crop, self.config.crop_scale)
+
     def crops(self, dialogue: Dialogue, wanted: dict[str, np.ndarray], context: RunContext) -> dict[str, list[np.ndarray]]:
         """Decode the dialogue once (native size: boxes are in original pixels) and cut every wanted
-        face; utterance id -> gray crops in frame order."""
+        face (rows in frame order); utterance id -> gray crops in frame order."""
         by_frame: dict[int, list[tuple[str, np.ndarray]]] = defaultdict(list)
         for utt_id, rows in wanted.items():
-            for row in rows[np.argsort(rows[:, COLUMN["frame"]], kind="stable")]:
+            for row in rows:
                 by_frame[int(row[COLUMN["frame"]])].append((utt_id, row[BOX]))
         crops: dict[str, list[np.ndarray]] = defaultdict(list)
         span = context.media.locate(dialogue)

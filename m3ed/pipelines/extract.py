@@ -31,6 +31,7 @@ from ..screening import Screening, refused_dialogues, screen_times
 from ..stage import CUT, RunContext, build_stage, stage_class, stage_names
 from ..store import FeatureStore
 from .cut import CutJob
+from .host_pool import default_workers
 from .ray_engine import RayEngine
 from .run_record import RunRecord, ShardRecord
 from .runner import Engine, LocalEngine, run_stage
@@ -46,9 +47,10 @@ def resolve(config: ExtractConfig) -> ExtractConfig:
     unknown = [s for s in stages if s not in order]
     if unknown:
         raise ConfigurationError(f"--stages: unknown {unknown}; choose from {', '.join(order)}")
+    device = check_device(config.run.device) if config.run.device else default_device()
     run = dataclasses.replace(config.run, stages=tuple(s for s in order if s in stages),  # asd before visual
-                              device=check_device(config.run.device) if config.run.device else default_device(),
-                              threads=config.run.threads or torch.get_num_threads())
+                              device=device, threads=config.run.threads or torch.get_num_threads(),
+                              workers=config.run.workers or default_workers(device))
     return dataclasses.replace(config, run=run)
 
 
@@ -106,7 +108,7 @@ def _engine(config: ExtractConfig) -> Engine:
         return RayEngine(config.run.ray_address, config.run.threads, config.stage_options)
     if config.run.engine != "local":
         raise ConfigurationError(f"--engine {config.run.engine!r}: choose local or ray")
-    return LocalEngine()
+    return LocalEngine(config.run.workers)
 
 
 def _lock_output(lock: OutputLock, store: FeatureStore) -> bool:
@@ -135,7 +137,7 @@ def _run_locked(context: RunContext, work: Corpus, config: ExtractConfig, engine
         sweep_temporaries(store.root)
     # The run's context describes the whole output: for a subset run, the dialogues already there too.
     context = dataclasses.replace(context, corpus=output_corpus(store, work, subset=bool(config.corpus.dialogues)),
-                                  sharded=shard is not None)
+                                  sharded=shard is not None, fer_crop=_fer_crop(config))
     with nullcontext() if read_only else lock.critical():   # shards all write the same manifest
         store.write_manifest(context.corpus)
     screening = screen(context.corpus, work, context.media, run.overhang)
@@ -156,6 +158,14 @@ def _run_locked(context: RunContext, work: Corpus, config: ExtractConfig, engine
         if cut:
             cut.cancel()   # after a stage's error: the dialogues being cut finish, no others start
     return record.finish()
+
+
+def _fer_crop(config: ExtractConfig) -> tuple[str, float] | None:
+    """The visual stage's crop when the asd stage runs before it: the asd stage then cuts its crops."""
+    if not {"asd", "visual"} <= set(config.run.stages):
+        return None
+    visual = config.stage_options("visual")
+    return visual.crop, visual.crop_scale
 
 
 def _run_one(name: str, context: RunContext, work: Corpus, config: ExtractConfig, screening: Screening,

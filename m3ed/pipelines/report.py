@@ -130,6 +130,8 @@ def run_section(record: dict, corpus: Corpus) -> dict:
             "reused": bool(stage.get("reused", False)), "media_seconds": round(media * done, 3),
             "real_time_factor": round(seconds / (media * done), 4) if timed and media else None,
             "utterances_per_second": round(utterances * done / seconds, 3) if timed else None,
+            # m3ed.usage: the cores kept busy on average, and on CUDA the GPU's busy share
+            "cores_busy": stage.get("usage", {}).get("cores_busy"), "gpu_busy_pct": stage.get("usage", {}).get("gpu_busy_pct"),
         })
     return {"package_version": record.get("package_version"), "started": record.get("started"),
             "finished": record.get("finished"), "complete": record.get("complete"),
@@ -427,10 +429,12 @@ def _figures(items: list[tuple[str, str]]) -> str:
 
 
 def _run_html(run: dict) -> str:
-    stages = _table(["stage", "seconds", "real-time factor", "utterances/s", "dialogues done", "skipped", "failed", "reused"],
+    stages = _table(["stage", "seconds", "real-time factor", "utterances/s", "cores busy", "GPU busy %", "dialogues done",
+                     "skipped", "failed", "reused"],
                     [[s["stage"] + (" (beside the others)" if s["beside_other_stages"] else ""), s["seconds"],
-                      s["real_time_factor"], s["utterances_per_second"], s["dialogues_done"], s["dialogues_skipped"],
-                      s["dialogues_failed"], "yes" if s["reused"] else "no"] for s in run["stages"]],
+                      s["real_time_factor"], s["utterances_per_second"], s.get("cores_busy"), s.get("gpu_busy_pct"),
+                      s["dialogues_done"], s["dialogues_skipped"], s["dialogues_failed"], "yes" if s["reused"] else "no"]
+                     for s in run["stages"]],
                     "stages")
     options = {f"{section}.{k}" if isinstance(values, dict) else section: v
                for section, values in run["config"].items()

@@ -25,6 +25,8 @@ from ..media import MediaError
 from ..screening import Screening
 from ..stage import DialogueResult, RunContext, Stage, failed_dialogue
 from ..store import Failure, FeatureStore, config_hash, dialogue_hash
+from ..usage import Usage
+from .host_pool import HostPool
 from .shard import Shard
 
 # Errors that concern the whole run, not one dialogue: they stop it instead of being recorded.
@@ -43,6 +45,7 @@ class StageReport:
     feature_files: list[str] = field(default_factory=list)
     empty_sets: list[str] = field(default_factory=list)   # nothing to publish: no file written
     reused: bool = False   # the published files of an earlier complete run were kept as they are
+    usage: dict = field(default_factory=dict)   # what the stage used of the machine (m3ed.usage.Usage.record)
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,24 @@ class Engine(Protocol):
 
 
 class LocalEngine:
-    """The groups one after another, in this process."""
+    """The groups one after another, in this process; with ``workers`` > 1 the stage's host work
+    (:meth:`Stage.host_work`) runs ahead in that many worker processes (:class:`HostPool`)."""
+
+    def __init__(self, workers: int = 1):
+        self.workers = workers
 
     def run_groups(self, stage: Stage, context: RunContext, groups: list[list[Dialogue]],
                    run: StageRun) -> Iterator[Outcome]:
-        for group in groups:
-            yield from process_group(stage, context, group, run)
+        work = stage.host_work(context) if self.workers > 1 and sum(map(len, groups)) > 1 else None
+        if work is None:
+            for group in groups:
+                yield from process_group(stage, context, group, run)
+            return
+        with HostPool(work, context.media, self.workers) as pool:
+            ahead = pool.results(d for group in groups for d in group)
+            for group in groups:
+                prepared = dict(next(ahead) for _ in group)
+                yield from process_group(stage, context, group, run, prepared)
 
 
 def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work: Corpus | None = None,
@@ -101,7 +116,8 @@ def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work:
         done &= {d.id for d in dialogues}
     todo = [group for group in groups if not all(d.id in done for d in group)]
     run = StageRun(digest, hashes, screening, frozenset(done))
-    with tqdm(total=len(dialogues), desc=f"{stage.name:>6}", unit="dlg", disable=not progress, initial=len(done)) as bar:
+    with Usage(context.device) as usage, tqdm(total=len(dialogues), desc=f"{stage.name:>6}", unit="dlg",
+                                              disable=not progress, initial=len(done)) as bar:
         outcomes = (engine or LocalEngine()).run_groups(stage, context, todo, run) if todo else ()
         for dialogue_id, error in outcomes:
             if dialogue_id in done:
@@ -111,6 +127,7 @@ def run_stage(stage: Stage, context: RunContext, progress: bool = True, *, work:
             else:
                 report.dialogues_done += 1
             bar.update(1)
+    report.usage = usage.record()
     if publish:
         publish_stage(store, corpus, publish_attrs(stage, corpus, screening), hashes, report)
     report.seconds = time.perf_counter() - started
@@ -126,21 +143,26 @@ def _published_whole(stage: Stage, store: FeatureStore, corpus: Corpus, screenin
                if d.id not in screening.refused)
 
 
-def process_group(stage: Stage, context: RunContext, group: list[Dialogue], run: StageRun) -> list[Outcome]:
+def process_group(stage: Stage, context: RunContext, group: list[Dialogue], run: StageRun,
+                  prepared: dict | None = None) -> list[Outcome]:
     """Process one group (here, or on a Ray actor) and write the parts of its dialogues that are not
-    ``run.done``; ``(dialogue id, error)`` of each."""
+    ``run.done``; ``(dialogue id, error)`` of each. ``prepared``: the host work done ahead for them."""
     outcome = []
-    for result in _process_group(stage, group, context):
+    for result in _process_group(stage, group, context, prepared):
         if result.dialogue_id not in run.done:
             _save(context.store, stage, _screened(stage, result, run.screening), run.digest, run.hashes[result.dialogue_id])
         outcome.append((result.dialogue_id, result.error))
     return outcome
 
 
-def _process_group(stage: Stage, group: list[Dialogue], context: RunContext) -> list[DialogueResult]:
+def _process_group(stage: Stage, group: list[Dialogue], context: RunContext,
+                   prepared: dict | None = None) -> list[DialogueResult]:
     """All results of a group; if the group as a whole breaks, each dialogue is retried alone."""
+    def process(dialogues: list[Dialogue]) -> list[DialogueResult]:
+        return list(stage.process(dialogues, context) if prepared is None else stage.process(dialogues, context, prepared))
+
     try:
-        return list(stage.process(group, context))
+        return process(group)
     except FATAL:
         raise
     except Exception:
@@ -149,7 +171,7 @@ def _process_group(stage: Stage, group: list[Dialogue], context: RunContext) -> 
     results = []
     for dialogue in group:
         try:
-            results += list(stage.process([dialogue], context))
+            results += process([dialogue])
         except FATAL:
             raise
         except Exception as e:  # one bad dialogue must not stop the batch; the reason is recorded

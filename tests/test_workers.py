@@ -1,0 +1,103 @@
+"""``--workers``: the asd stage's host work in worker processes, and the visual stage's crops cut
+while the asd stage has the frames. Same-path comparisons on one machine, so exact."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import pytest
+
+import m3ed.locate
+from cli_runs import BASE
+from m3ed.pipelines.cli import extract_main
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("same_threads_as_the_workers")]
+
+DIALOGUES = "sampleval_1,sampletest_1"   # the two short dialogues of the sample: a pool needs two to share
+
+
+def _argv(sample_paths, out, stages: str, *extra: str) -> list[str]:
+    return ["--out", str(out), "--stages", stages, "--dialogues", DIALOGUES, "--asd-model", "light-asd",
+            "--threads", "1", *BASE, *extra]
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[str]:
+    """The path of every video decode this process starts (the real decoder runs)."""
+    seen: list[str] = []
+    real = m3ed.locate.iter_frames
+
+    def counted(path, *args, **kwargs):
+        seen.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(m3ed.locate, "iter_frames", counted)
+    return seen
+
+
+def _outputs(out) -> dict[str, bytes]:
+    files = sorted((out / "features").glob("*.h5")) + sorted((out / "asd").glob("*.json"))
+    files += [out / "failures.jsonl"]
+    return {p.name: p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="module")
+def in_place(tmp_path_factory, sample_paths, models_cache):
+    """asd and visual with the host work in this process (``--workers 1``); the decodes it started."""
+    out = tmp_path_factory.mktemp("workers") / "in-place"
+    patch = pytest.MonkeyPatch()
+    seen: list[str] = []
+    real = m3ed.locate.iter_frames
+    patch.setattr(m3ed.locate, "iter_frames", lambda path, *a, **k: seen.append(str(path)) or real(path, *a, **k))
+    try:
+        assert extract_main(_argv(sample_paths, out, "asd,visual", "--workers", "1")) == 0
+    finally:
+        patch.undo()
+    return out, seen
+
+
+def test_the_visual_stage_decodes_no_frames_of_its_own(in_place, tmp_path, sample_paths, decodes):
+    out, seen = in_place
+    # one decode per dialogue, the asd stage's: the visual stage took the crops it cut
+    assert len(seen) == 2 and len(set(seen)) == 2
+    assert not list((out / ".parts").glob("speaker_crops/*"))   # taken, then removed
+    # The visual stage alone, after the asd stage's run, decodes each dialogue itself ...
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    (again / "features" / "denseface_frame.h5").unlink()
+    (again / "features" / "denseface_mean.h5").unlink()
+    assert extract_main(_argv(sample_paths, again, "visual")) == 0
+    assert len(decodes) == 2
+    # ... and computes the same features from its own crops: bit for bit, the same crops
+    for name in ("denseface_frame.h5", "denseface_mean.h5"):
+        with h5py.File(out / "features" / name) as a, h5py.File(again / "features" / name) as b:
+            assert sorted(a) == sorted(b) and len(a) > 0
+            for key in a:
+                assert a[key][()].tobytes() == b[key][()].tobytes(), key
+
+
+def test_two_workers_write_the_bytes_one_writes(in_place, tmp_path, sample_paths, decodes):
+    out, _ = in_place
+    pooled = tmp_path / "pooled"
+    assert extract_main(_argv(sample_paths, pooled, "asd,visual", "--workers", "2")) == 0
+    assert decodes == []   # every decode ran in a worker process
+    assert _outputs(pooled) == _outputs(out)
+    config = json.loads((pooled / "run.json").read_text())["config"]["run"]
+    assert config["workers"] == 2
+    assert json.loads((out / "run.json").read_text())["config"]["run"]["workers"] == 1
+
+
+def test_a_dialogue_that_fails_in_a_worker_is_recorded_and_the_rest_go_on(tmp_path, sample_paths, sample_corpus):
+    """A worker's error is its dialogue's failure, as in place; the other dialogue is published."""
+    videos = tmp_path / "videos"
+    shutil.copytree(sample_paths["videos"], videos)
+    (videos / "sampleval01.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    argv = _argv(sample_paths, out, "asd", "--workers", "2", "--videos", str(videos))
+    assert extract_main(argv) == 1
+    failed = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert {f["dialogue_id"] for f in failed if f.get("utterance_id") is None} == {"sampleval_1"}
+    assert any("sampleval01.mp4" in f["reason"] for f in failed)
+    with h5py.File(out / "features" / "speaker_faces.h5") as h5:
+        assert any(key.startswith("sampletest_1") for key in h5)
