@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_long.py       # a 10-minute dialogue: memory against length
 	$(BIN)/python bench/bench_host.py       # host CPU per second of video outside the networks
+	$(BIN)/python bench/bench_decode.py     # the ffmpeg pipe against in-process decoders (pip install av)
 	$(BIN)/python bench/bench_pipeline.py   # last: prints the end-to-end table
 
 clean:

@@ -26,6 +26,10 @@ SAMPLE_RATE = 16000
 END_TOLERANCE = 0.25
 # A decode that delivers less than the requested span by more than this is a truncated file.
 SHORTFALL_TOLERANCE = 0.2
+# Decoded chunks hold at most this many bytes. Larger arrays are fresh memory from the kernel each
+# time (glibc maps anything over 32 MiB anew), whose page faults cost more than the decoding: 720p
+# at 64 frames a chunk took 8.6 CPU-s a minute of video, at 4 frames 5.4 (bench/bench_decode.py).
+CHUNK_BYTES = 12 * 2 ** 20
 
 
 class MediaError(RuntimeError):
@@ -125,7 +129,8 @@ def decode_audio(path: str | Path, start: float, end: float, sample_rate: int = 
 
 def iter_frames(path: str | Path, start: float, end: float, fps: float = 25.0, height: int | None = None,
                 chunk: int = 64, info: MediaInfo | None = None) -> Iterator[np.ndarray]:
-    """RGB uint8 frames ``[n, H, W, 3]`` of ``start``–``end`` at ``fps``, in chunks of ``chunk`` frames.
+    """RGB uint8 frames ``[n, H, W, 3]`` of ``start``–``end`` at ``fps``, in chunks of at most ``chunk``
+    frames and :data:`CHUNK_BYTES` bytes (at least one frame).
 
     ``height`` rescales keeping the aspect ratio (None: native size). Memory stays bounded by one
     chunk however long the span. Frame i shows time ``start + i / fps``.
@@ -141,6 +146,7 @@ def iter_frames(path: str | Path, start: float, end: float, fps: float = 25.0, h
     cmd = stream.output("pipe:", t=f"{end - start:.6f}", format="rawvideo", pix_fmt="rgb24",
                         loglevel="error").compile(cmd=ffmpeg_exe())
     frame_bytes = width * out_height * 3
+    chunk = max(1, min(chunk, CHUNK_BYTES // frame_bytes))
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     delivered = 0
     try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -120,8 +121,12 @@ class FeatureStore:
         return self.parts_dir / feature_set / f"{_file_name(dialogue_id)}.h5"
 
     def scratch_path(self, folder: str, dialogue_id: str, suffix: str) -> Path:
-        """A file one stage leaves for a later one about one dialogue (not output: under ``.parts``)."""
-        return self.parts_dir / folder / f"{_file_name(dialogue_id)}{suffix}"
+        """A file one stage leaves for a later one of the same run about one dialogue: not output, and
+        removed when the run ends (:meth:`remove_scratch`)."""
+        return self.parts_dir / ".scratch" / folder / f"{_file_name(dialogue_id)}{suffix}"
+
+    def remove_scratch(self) -> None:
+        shutil.rmtree(self.parts_dir / ".scratch", ignore_errors=True)
 
     def _failed_path(self, feature_set: str, dialogue_id: str) -> Path:
         return self.parts_dir / feature_set / f"{_file_name(dialogue_id)}.failed.json"

@@ -67,7 +67,8 @@ def reference(tmp_path_factory, corpus_path, models_cache, published_outputs):
 
 def test_ray_engine_writes_what_the_local_engine_writes(tmp_path, corpus_path, reference, local_ray, published_outputs):
     out = tmp_path / "out"
-    assert extract_main(_argv(corpus_path, out, "--engine", "ray")) == 0
+    # --workers is the local engine's: the actors are the parallelism, each doing its host work in place
+    assert extract_main(_argv(corpus_path, out, "--engine", "ray", "--workers", "2")) == 0
     assert published_outputs(out) == reference
     assert len(reference) == 6
 

@@ -3,13 +3,20 @@ while the asd stage has the frames. Same-path comparisons on one machine, so exa
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import h5py
 import pytest
 
 import m3ed.locate
 from cli_runs import BASE
+from conftest import REPO
 from m3ed.pipelines.cli import extract_main
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("same_threads_as_the_workers")]
@@ -61,7 +68,7 @@ def test_the_visual_stage_decodes_no_frames_of_its_own(in_place, tmp_path, sampl
     out, seen = in_place
     # one decode per dialogue, the asd stage's: the visual stage took the crops it cut
     assert len(seen) == 2 and len(set(seen)) == 2
-    assert not list((out / ".parts").glob("speaker_crops/*"))   # taken, then removed
+    assert not list(out.rglob("*.npz"))   # taken, then removed
     # The visual stage alone, after the asd stage's run, decodes each dialogue itself ...
     again = tmp_path / "again"
     shutil.copytree(out, again)
@@ -101,3 +108,45 @@ def test_a_dialogue_that_fails_in_a_worker_is_recorded_and_the_rest_go_on(tmp_pa
     assert any("sampleval01.mp4" in f["reason"] for f in failed)
     with h5py.File(out / "features" / "speaker_faces.h5") as h5:
         assert any(key.startswith("sampletest_1") for key in h5)
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_the_workers_and_a_rerun_resumes(in_place, tmp_path, sample_paths, models_cache):
+    out, _ = in_place
+    resumed = tmp_path / "resumed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "M3ED_CACHE": str(models_cache), "PYTHONPATH": str(REPO),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "m3ed.pipelines.cli_extract", *_argv(sample_paths, resumed, "asd", "--workers", "2")]
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_children(run.pid)) < 2 and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.05)   # the pool's workers (and the resource tracker) have started
+    workers = _children(run.pid)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 143, err[-2000:]
+    assert workers and not [pid for pid in workers if _alive(pid)]   # no worker outlives the run
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (resumed / "features" / "speaker_faces.h5").read_bytes() == (out / "features" / "speaker_faces.h5").read_bytes()

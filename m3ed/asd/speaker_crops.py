@@ -5,10 +5,11 @@ Decoding the dialogue again for that was a tenth of the host work per second of 
 (``bench/bench_host.py``). When a run has both stages, the asd stage cuts the FER crops of every
 track inside an utterance from the frames it decodes anyway (:class:`m3ed.asd.crop.TrackCrops`),
 keeps those of the speaker's face once assignment has chosen it, and leaves them in one file per
-dialogue under ``OUT/.parts/speaker_crops/``: per utterance, the frames, boxes and crops of its
+dialogue under ``OUT/.parts/.scratch/speaker_crops/``: per utterance, the frames, boxes and crops of its
 ``speaker_faces`` rows with a face, in frame order. The visual stage takes them when the frames,
 the boxes and the crop settings are exactly what it would cut from (the same crops, bit for bit:
 the same function on the same decoded frame), and otherwise decodes; then it removes the file.
+What is left when the run ends (a dialogue the visual stage did not reach) is removed with it.
 """
 from __future__ import annotations
 

@@ -78,14 +78,18 @@ class HostPool:
                 result = e
             yield dialogue_id, result
 
-    def close(self) -> None:
+    def close(self, abandon: bool = False) -> None:
+        """Stop the workers; ``abandon``: at once, without their results (the run is stopping)."""
+        if abandon:   # a SIGTERM or an error: the work in hand is not waited for (a re-run redoes it)
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.terminate()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> "HostPool":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close(abandon=kind is not None)
 
 
 def _start_worker(work: Callable[[Dialogue, MediaSource], Any]) -> None:

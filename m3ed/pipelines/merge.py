@@ -115,6 +115,7 @@ def _publish(store: FeatureStore, corpus: Corpus, records: list[dict], stages: d
             if entry.get("uses_media"):
                 notes += clip_notes(fs, screening)
             store.remove_parts(fs)
+    store.remove_scratch()   # every shard is done: what one stage left for a later one is spent
     produced = {fs for entry in stages.values() for fs in entry["attrs"]} | {"cut"}
     failures = [f for f in previous if f.feature_set not in produced] + failures
     store.write_failures(failures)

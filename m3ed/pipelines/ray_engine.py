@@ -6,6 +6,8 @@ must see (checked at start with a probe file). The driver only schedules, counts
 GPU stages take one GPU per actor. Every actor runs its models at the run's thread count (``--threads``,
 or torch's default on the driver), whatever Ray's ``OMP_NUM_THREADS`` says: the same kernels as
 the local engine, so the same bytes. On CPU an actor reserves that many CPUs of the cluster.
+The actors are the parallelism: each does its stage's host work in place (``--workers`` is the
+local engine's, :mod:`m3ed.pipelines.host_pool`).
 
 Ray's own fault tolerance covers lost workers: an actor whose process dies (machine lost,
 OOM-killed) is restarted and its group runs again (``max_restarts``/``max_task_retries``). A data

@@ -102,6 +102,7 @@ class RunRecord:
         store.write_failures(failures)
         store.write_notes(notes)
         store.write_run(record)
+        store.remove_scratch()   # what a stage left for a later one (e.g. the visual stage's crops) is spent
         return record
 
     def _fail_without_input(self, name: str, needed: str) -> list[Failure]:
