@@ -49,6 +49,17 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+@functools.cache
+def ffmpeg_version() -> str:
+    """The decoder the stages use, as ``run.json`` records it: ffmpeg's version line and binary."""
+    try:
+        first = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True, timeout=30).stdout
+        version = first.splitlines()[0].split(" Copyright")[0] if first else "unknown version"
+    except (OSError, subprocess.SubprocessError) as e:
+        version = f"not runnable ({e})"
+    return f"{version} ({ffmpeg_exe()}, piped)"
+
+
 def _run(cmd: list[str], path: Path | str, what: str, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, **kwargs)
     if result.returncode != 0:

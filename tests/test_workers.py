@@ -93,6 +93,9 @@ def test_two_workers_write_the_bytes_one_writes(in_place, tmp_path, sample_paths
     config = json.loads((pooled / "run.json").read_text())["config"]["run"]
     assert config["workers"] == 2
     assert json.loads((out / "run.json").read_text())["config"]["run"]["workers"] == 1
+    record = json.loads((pooled / "run.json").read_text())
+    assert record["versions"]["decoder"].startswith("ffmpeg version ")   # which decoder ran
+    assert record["stages"]["asd"]["usage"]["cpu_s"] > 0 and record["stages"]["asd"]["usage"]["cores_busy"] > 0
 
 
 def test_a_dialogue_that_fails_in_a_worker_is_recorded_and_the_rest_go_on(tmp_path, sample_paths, sample_corpus):

@@ -18,6 +18,7 @@ from ..corpus import Corpus
 from ..device import peak_rss_mb
 from ..errors import ConfigurationError
 from ..files import atomic_write_text
+from ..media import ffmpeg_version
 from ..screening import Screening
 from ..stage import RunContext, Stage, stage_class
 from ..store import Failure, FeatureStore
@@ -180,7 +181,7 @@ def versions() -> dict:
     import torch
 
     found = {"python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__,
-             "h5py": h5py.__version__, "platform": platform.platform()}
+             "h5py": h5py.__version__, "platform": platform.platform(), "decoder": ffmpeg_version()}
     try:
         import transformers
 
