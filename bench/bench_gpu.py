@@ -47,7 +47,8 @@ def one_process(manifest: Path, out: Path, device: str, precision: str, env: dic
             "stage_s": {name: round(entry["seconds"], 1) for name, entry in stages.items()},
             "cores_busy": {name: u.get("cores_busy") for name, u in usage.items()},
             "gpu_busy_pct": {name: u.get("gpu_busy_pct") for name, u in usage.items()},
-            "gpu_peak_memory_mb": max((u.get("gpu_peak_memory_mb") or 0 for u in usage.values()), default=None)}
+            "gpu_peak_memory_mb": max((u["gpu_peak_memory_mb"] for u in usage.values() if "gpu_peak_memory_mb" in u),
+                                      default=None)}
 
 
 def sharded(manifest: Path, out: Path, shards: int, device: str, precision: str, env: dict) -> dict:

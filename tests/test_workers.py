@@ -29,9 +29,8 @@ def _argv(sample_paths, out, stages: str, *extra: str) -> list[str]:
             "--threads", "1", *BASE, *extra]
 
 
-@pytest.fixture
-def decodes(monkeypatch) -> list[str]:
-    """The path of every video decode this process starts (the real decoder runs)."""
+def _count_decodes(patch: pytest.MonkeyPatch) -> list[str]:
+    """The path of every video decode this process starts from now on (the real decoder runs)."""
     seen: list[str] = []
     real = m3ed.locate.iter_frames
 
@@ -39,8 +38,13 @@ def decodes(monkeypatch) -> list[str]:
         seen.append(str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(m3ed.locate, "iter_frames", counted)
+    patch.setattr(m3ed.locate, "iter_frames", counted)
     return seen
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[str]:
+    return _count_decodes(monkeypatch)
 
 
 def _outputs(out) -> dict[str, bytes]:
@@ -54,9 +58,7 @@ def in_place(tmp_path_factory, sample_paths, models_cache):
     """asd and visual with the host work in this process (``--workers 1``); the decodes it started."""
     out = tmp_path_factory.mktemp("workers") / "in-place"
     patch = pytest.MonkeyPatch()
-    seen: list[str] = []
-    real = m3ed.locate.iter_frames
-    patch.setattr(m3ed.locate, "iter_frames", lambda path, *a, **k: seen.append(str(path)) or real(path, *a, **k))
+    seen = _count_decodes(patch)
     try:
         assert extract_main(_argv(sample_paths, out, "asd,visual", "--workers", "1")) == 0
     finally:

@@ -100,6 +100,23 @@ def utterance_frames(utterance: Utterance, fps: float, end_inclusive: bool = Fal
     return np.arange(first, max(first, stop), dtype=np.int64)
 
 
+def spoken_frames(dialogue: Dialogue, fps: float, end_inclusive: bool = False) -> np.ndarray:
+    """A boolean mask over the dialogue's frames: those inside some utterance (all that assignment reads)."""
+    inside = [utterance_frames(u, fps, end_inclusive) for u in dialogue.utterances]
+    mask = np.zeros(max((int(f[-1]) + 1 for f in inside if len(f)), default=0), bool)
+    for frames in inside:
+        mask[frames] = True
+    return mask
+
+
+def frames_in(mask: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """``mask[frames]``, False past the mask's end."""
+    inside = frames < len(mask)
+    out = np.zeros(len(frames), bool)
+    out[inside] = mask[frames[inside]]
+    return out
+
+
 def owned_frames(dialogue: Dialogue, frames: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per utterance, its frames that no other utterance takes: where utterances overlap, the frame
     belongs to the one the authors' frame -> utterance map keeps. They fill it speaker by speaker

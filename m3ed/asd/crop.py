@@ -32,6 +32,7 @@ from scipy.signal import medfilt
 
 from ..extract.options import DEFAULT_CROP_SCALE
 from ..models.densenet_fer import FACE_SIZE as FER_FACE_SIZE
+from .assign import frames_in
 from .track import Track
 
 CROP_SCALE = 0.4          # demo cropScale (cs): the crop square is (1 + cs) times the face box
@@ -166,7 +167,7 @@ class TrackCrops:
         self.faces = [np.zeros((len(p), embed_size, embed_size, 3), np.uint8) for p in self.face_positions]
         self.fer_crop = fer
         wanted = np.zeros(0, bool) if fer is None or fer_frames is None else np.asarray(fer_frames, bool)
-        self.fer_positions = [np.flatnonzero(_lookup(wanted, t.frames)) for t in self.tracks]
+        self.fer_positions = [np.flatnonzero(frames_in(wanted, t.frames)) for t in self.tracks]
         self.fer = [np.zeros((len(p), FER_FACE_SIZE, FER_FACE_SIZE), np.uint8) for p in self.fer_positions]
         self.fer_missing: list[list[int]] = [[] for _ in self.tracks]
         self._done = [np.zeros(len(t), bool) for t in self.tracks]
@@ -243,10 +244,3 @@ def index_of(positions: np.ndarray, k: int) -> int | None:
     j = int(np.searchsorted(positions, k))
     return j if j < len(positions) and positions[j] == k else None
 
-
-def _lookup(mask: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """``mask[frames]``, False past the mask's end."""
-    inside = frames < len(mask)
-    out = np.zeros(len(frames), bool)
-    out[inside] = mask[frames[inside]]
-    return out

@@ -20,7 +20,7 @@ import torch
 from ..corpus import Dialogue
 from ..device import torch_threads
 from ..media import FrameCache, MediaError
-from .assign import utterance_frames
+from .assign import spoken_frames
 from .crop import TrackCrops, crop_face
 from .detect import Detections
 from .detectors import build_detector
@@ -47,11 +47,10 @@ def no_hook(step: str, artifact: Any) -> None:
 
 @dataclass
 class Found:
-    """A dialogue's front half: its tracks and crops, its audio and the ASD models' MFCC of it."""
+    """A dialogue's front half: its tracks and crops, and the ASD models' MFCC of its audio."""
 
     faces: DialogueFaces
     crops: TrackCrops
-    audio: np.ndarray
     mfcc: torch.Tensor
 
 
@@ -70,19 +69,12 @@ class FaceFinder:
         span = media.locate(dialogue)
         audio = media.audio(span)
         hook("audio", audio)
+        spoken = spoken_frames(dialogue, self.config.fps, self.config.assign.end_inclusive) if fer else None
         faces, crops = self.find_faces(dialogue.id, lambda: media.frames(span, fps=self.config.fps, chunk=CHUNK_FRAMES),
-                                       hook, fer=fer, fer_frames=self.spoken_frames(dialogue) if fer else None)
+                                       hook, fer=fer, fer_frames=spoken)
         with torch_threads(1):   # the same arithmetic in the main process and in a one-thread worker
             mfcc = dialogue_mfcc(audio)
-        return Found(faces, crops, audio, mfcc)
-
-    def spoken_frames(self, dialogue: Dialogue) -> np.ndarray:
-        """A boolean mask over the dialogue's frames: those inside some utterance (all that assignment reads)."""
-        inside = [utterance_frames(u, self.config.fps, self.config.assign.end_inclusive) for u in dialogue.utterances]
-        frames = np.zeros(max((int(f.max()) + 1 for f in inside if len(f)), default=0), bool)
-        for f in inside:
-            frames[f[f >= 0]] = True
-        return frames
+        return Found(faces, crops, mfcc)
 
     def find_faces(self, dialogue_id: str, decode: Callable[[], Iterable[np.ndarray]], hook: Hook | None = None,
                    fer: FerCrop | None = None, fer_frames: np.ndarray | None = None) -> tuple[DialogueFaces, TrackCrops]:

@@ -36,7 +36,7 @@ import torch
 
 from ..corpus import Dialogue
 from ..device import autocast, release_memory
-from .assign import assign_speakers, utterance_frames
+from .assign import assign_speakers, frames_in, spoken_frames
 from .crop import TrackCrops
 from .detectors import build_detector
 from .embed import FaceEmbedder
@@ -114,11 +114,8 @@ class AsdPipeline:
 
     def utterance_rows(self, dialogue: Dialogue, tracks: list[Track]) -> list[np.ndarray]:
         """Per track, a boolean mask of its frames inside some utterance (all that assignment reads)."""
-        frames = np.zeros(max((t.last + 1 for t in tracks), default=0), bool)
-        for u in dialogue.utterances:
-            inside = utterance_frames(u, self.config.fps, self.config.assign.end_inclusive)
-            frames[inside[inside < len(frames)]] = True
-        return [frames[t.first:t.last + 1] for t in tracks]
+        spoken = spoken_frames(dialogue, self.config.fps, self.config.assign.end_inclusive)
+        return [frames_in(spoken, t.frames) for t in tracks]
 
     def score(self, tracks: list[Track], crops: TrackCrops, mfcc: torch.Tensor,
               needed: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
